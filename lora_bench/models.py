@@ -1,0 +1,176 @@
+"""Loading a backbone and its tokenizer, and the sequence classifier built on it.
+
+Every model reference (embedded, hub id, local folder) goes through real `from_pretrained` code.
+Encoders pool as their checkpoint declares (sentence-transformers' Pooling config); decoders
+take their last non-padding token, as transformers' *ForSequenceClassification do.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .catalog import ModelRef, parse_model
+
+POOLINGS = ("mean", "cls", "last", "max")
+
+
+class SequenceClassifier(nn.Module):
+    """A backbone, a pooling rule and a linear head: the model every method trains.
+
+    `head` is a plain attribute name so peft's `modules_to_save=["head"]` saves it with the adapter.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: {pooling!r} is not one of {POOLINGS}")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.config = backbone.config
+        self.head = nn.Linear(backbone.config.hidden_size, num_labels, dtype=torch.float32)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "mean":
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
+        elif self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:  # last non-padding token; padding is on the right
+            last = attention_mask.sum(1) - 1
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return pooled.float()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask))
+
+
+@dataclass
+class LoadedModel:
+    model: SequenceClassifier
+    tokenizer: Any
+    source: str          # the folder or hub id from_pretrained read
+    architecture: str
+    pooling: str
+    dtype: torch.dtype
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LORA_BENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lora-bench")
+    return Path(root)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def converted_gguf(gguf: Path) -> Path:
+    """A normal checkpoint folder made once from a GGUF file, so bitsandbytes can quantize it later.
+
+    transformers refuses a quantization config together with `gguf_file`; the dequantized weights
+    are copied into a model built from the config (without its gguf quantization_config) and saved.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    target = cache_dir() / "converted" / f"{gguf.stem}-{tag}"
+    with _file_lock(target.with_suffix(".lock")):
+        if (target / "config.json").exists():
+            return target
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lora_bench_source.json").write_text(json.dumps({"gguf": str(gguf), "size": stat.st_size}))
+        os.replace(tmp, target)
+    return target
+
+
+def checkpoint_source(ref: ModelRef) -> str:
+    """What `from_pretrained` reads: a folder, or a hub id for users who have the Hub."""
+    if ref.kind == "embedded":
+        assert ref.path is not None
+        return str(converted_gguf(ref.path) if ref.path.suffix == ".gguf" else ref.path)
+    if ref.kind == "local":
+        return str(ref.path)
+    if ref.kind == "hub":
+        return ref.value
+    raise ValueError(f"model kind {ref.kind!r} has no checkpoint")
+
+
+def declared_pooling(source: str, config: Any) -> str:
+    """Mean/CLS/max as the checkpoint's sentence-transformers config declares; last token for decoders."""
+    if getattr(config, "is_decoder", False) or _is_decoder_type(config):
+        return "last"
+    modules = _optional_file(source, "modules.json")
+    if modules:
+        for module in json.loads(Path(modules).read_text()):
+            if module.get("type", "").endswith("Pooling"):
+                pooling_cfg = _optional_file(source, f"{module['path']}/config.json")
+                if pooling_cfg:
+                    cfg = json.loads(Path(pooling_cfg).read_text())
+                    for key, name in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                                      ("pooling_mode_max_tokens", "max")):
+                        if cfg.get(key):
+                            return name
+    return "cls"
+
+
+def _is_decoder_type(config: Any) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForCausalLM") for a in archs) or config.model_type in (
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "phi3", "gpt2")
+
+
+def _optional_file(source: str, name: str) -> str | None:
+    if Path(source).is_dir():
+        path = Path(source) / name
+        return str(path) if path.exists() else None
+    from transformers.utils import cached_file
+
+    return cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+
+
+def load_classifier(model: str, num_labels: int, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """The backbone (`AutoModel`, no LM head) with a fresh head, on `device`, weights in `dtype`."""
+    from transformers import AutoModel, AutoTokenizer
+
+    ref = parse_model(model)
+    source = checkpoint_source(ref)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    backbone = AutoModel.from_pretrained(source, dtype=dtype)
+    pooling = declared_pooling(source, backbone.config)
+    classifier = SequenceClassifier(backbone, num_labels, pooling).to(device)
+    return LoadedModel(classifier, tokenizer, source, backbone.config.model_type, pooling, dtype)

@@ -1,0 +1,98 @@
+"""The pytest plugin: `--lb-*` options, grid expansion into parametrized tests with ids and
+`lb(...)` markers, the `lb_experiment` fixture, and the end-of-run summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .schema import ExperimentSpec, marker_kwargs
+from .session import BenchSession
+
+_SESSION = pytest.StashKey[BenchSession]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lora-bench", "lora-bench fine-tuning benchmarks")
+    group.addoption("--lb-grid", dest="lb_grid", default="quick", metavar="NAME|PATH",
+                    help="grid to expand into experiments: a name under fixtures/grids/ or a YAML path (default: quick)")
+    group.addoption("--lb-out", dest="lb_out", default="reports", metavar="DIR",
+                    help="where run folders go (default: reports)")
+    group.addoption("--lb-run-id", dest="lb_run_id", default=None, metavar="ID", help="name the new run folder")
+    group.addoption("--lb-resume", dest="lb_resume", nargs="?", const="latest", default=None, metavar="RUN",
+                    help="continue a run (default: the latest), reusing every record whose key matches")
+    group.addoption("--lb-rerun", dest="lb_rerun", action="store_true",
+                    help="run every experiment again, even where a stored record matches")
+    group.addoption("--lb-budget", dest="lb_budget", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a budget for every experiment, e.g. --lb-budget max_peak_gib=4")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lb(model, task, method, bits, rank, targets, n, seed): "
+                                       "a lora-bench experiment; select with -m \"lb(method='lora')\"")
+    config.addinivalue_line("markers", "lb_task_type(kind): the task type a bench test runs")
+    config.stash[_SESSION] = BenchSession(config)
+
+
+def session_of(config: pytest.Config) -> BenchSession:
+    return config.stash[_SESSION]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "lb_spec" not in metafunc.fixturenames:
+        return
+    grid = session_of(metafunc.config).grid
+    params = [pytest.param(spec, id=tid, marks=[pytest.mark.lb(**marker_kwargs(spec))])
+              for spec, tid in zip(grid.specs, grid.ids)]
+    metafunc.parametrize("lb_spec", params)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    session_of(config).total = sum(1 for item in items if "lb_spec" in getattr(item, "fixturenames", ()))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = session_of(config)
+    return [f"lora-bench: grid {session.grid_name!r}, records under {session.out}/"]
+
+
+class Experiment:
+    """What a bench test gets: its spec and id, `run()`, and the assertions on the record."""
+
+    def __init__(self, session: BenchSession, spec: ExperimentSpec, test_id: str):
+        self.session, self.spec, self.test_id = session, session.spec_with_budgets(spec), test_id
+
+    def run(self) -> dict[str, Any]:
+        return self.session.run_experiment(self.spec, self.test_id)
+
+    @staticmethod
+    def assert_ok(record: dict[str, Any]) -> None:
+        if record["status"] != "ok":
+            pytest.fail(f"experiment failed: {record['reason']}", pytrace=False)
+
+    @staticmethod
+    def assert_within_budgets(record: dict[str, Any]) -> None:
+        messages = [v["message"] for v in record["budgets"]["violations"]]
+        if messages:
+            pytest.fail("over budget (record kept): " + "; ".join(messages), pytrace=False)
+
+
+@pytest.fixture
+def lb_spec() -> ExperimentSpec:
+    raise pytest.UsageError("lb_spec is parametrized from the grid; request it only in bench tests")
+
+
+@pytest.fixture
+def lb_experiment(request: pytest.FixtureRequest, lb_spec: ExperimentSpec) -> Experiment:
+    return Experiment(session_of(request.config), lb_spec, request.node.callspec.id)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    session = session_of(config)
+    session.finish()
+    lines = session.summary_lines()
+    if lines:
+        terminalreporter.section("lora-bench")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,108 @@
+"""The training loop: dynamic padding over length-grouped batches, autocast where the device has
+bf16, gradient accumulation, a fixed data order per seed, and a stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from .data import Example
+from .schema import ExperimentSpec
+
+Progress = Callable[[str], None]
+CURVE_POINTS = 200      # the stored loss curve keeps at most this many (step, loss) points
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: the record says at which step."""
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def encode(tokenizer: Any, examples: list[Example], max_length: int) -> list[list[int]]:
+    return tokenizer([e.text for e in examples], truncation=True, max_length=max_length)["input_ids"]
+
+
+def collate(tokenizer: Any, ids: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
+    """Pads to the longest sequence of this batch only."""
+    batch = tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """transformers' LengthGroupedSampler order (random mega-batches, each sorted by length), cut into batches."""
+    generator = torch.Generator().manual_seed(seed)
+    order = list(LengthGroupedSampler(batch_size, lengths=lengths, generator=generator))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: ExperimentSpec,
+          device: torch.device, progress: Progress) -> dict[str, Any]:
+    assert spec.epochs is not None and spec.lr is not None and spec.grad_accum is not None
+    ids = encode(tokenizer, examples, spec.max_length)
+    labels = torch.tensor([e.label for e in examples])
+    lengths = [len(x) for x in ids]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay or 0.0)
+    steps_per_epoch = math.ceil(math.ceil(len(ids) / spec.batch_size) / spec.grad_accum)
+    total_steps = steps_per_epoch * spec.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(total_steps * (spec.warmup_ratio or 0.0)),
+                                                total_steps)
+    model.train()
+    curve: list[tuple[int, float]] = []
+    tokens = padded = step = 0
+    start = time.perf_counter()
+    for epoch in range(spec.epochs):
+        batches = length_grouped_batches(lengths, spec.batch_size, spec.seed * 1000 + epoch)
+        epoch_loss = 0.0
+        for i, batch in enumerate(batches):
+            inputs = collate(tokenizer, [ids[j] for j in batch], device)
+            with autocast_for(device):
+                logits = model(**inputs)
+            loss = nn.functional.cross_entropy(logits.float(), labels[batch].to(device))
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss became {float(loss)} at epoch {epoch + 1}, optimizer step {step}")
+            (loss / spec.grad_accum).backward()
+            tokens += int(inputs["attention_mask"].sum())
+            padded += inputs["attention_mask"].numel()
+            epoch_loss += float(loss)
+            if (i + 1) % spec.grad_accum == 0 or i + 1 == len(batches):
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                curve.append((step, float(loss)))
+        progress(f"epoch {epoch + 1}/{spec.epochs}: mean loss {epoch_loss / len(batches):.4f} "
+                 f"({time.perf_counter() - start:.1f} s)")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {
+        "train_seconds": seconds,
+        "optimizer_steps": step,
+        "examples_per_second": len(ids) * spec.epochs / seconds,
+        "tokens_per_second": tokens / seconds,
+        "tokens": tokens,
+        "padding_fraction": 1 - tokens / max(padded, 1),
+        "loss_curve": thin_curve(curve),
+        "optimizer": "adamw",
+    }
+
+
+def thin_curve(curve: list[tuple[int, float]]) -> list[list[float]]:
+    stride = max(1, math.ceil(len(curve) / CURVE_POINTS))
+    kept = curve[::stride]
+    if curve and kept[-1] != curve[-1]:
+        kept.append(curve[-1])
+    return [[s, v] for s, v in kept]
