@@ -1,3 +1,3 @@
 """Loads the lora-bench pytest plugin for the bench suite and the unit tests."""
 
-pytest_plugins = ("lora_bench.plugin",)
+pytest_plugins = ("lora_bench.plugin", "pytester")

@@ -35,13 +35,16 @@ def _signal_name(code: int) -> str:
 
 
 def run_isolated(record: dict[str, Any], record_path: Path, adapter_dir: Path, timeout_s: float,
-                 on_progress: Callable[[str], None]) -> dict[str, Any]:
+                 on_progress: Callable[[str], None], target: Callable[..., None] | None = None) -> dict[str, Any]:
+    """`target(payload, conn)` is the experiment's entry point (`child.child_main` unless a test
+    injects a fault); it writes the record itself, or dies and the parent writes a failed one."""
     ctx = context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     payload = {"record": record, "record_path": str(record_path), "adapter_dir": str(adapter_dir)}
-    from .child import child_main
+    if target is None:
+        from .child import child_main as target
 
-    process = ctx.Process(target=child_main, args=(payload, child_conn), daemon=True)
+    process = ctx.Process(target=target, args=(payload, child_conn), daemon=True)
     deadline = time.monotonic() + timeout_s
     process.start()
     child_conn.close()

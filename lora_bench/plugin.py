@@ -42,13 +42,21 @@ def session_of(config: pytest.Config) -> BenchSession:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "lb_spec" not in metafunc.fixturenames:
         return
-    grid = session_of(metafunc.config).grid
+    session = session_of(metafunc.config)
+    try:
+        grid = session.grid
+    except pytest.UsageError as exc:
+        session.grid_error = exc  # raised cleanly once collection is over: "ERROR: <file>: <key>: ..."
+        metafunc.parametrize("lb_spec", [])
+        return
     params = [pytest.param(spec, id=tid, marks=[pytest.mark.lb(**marker_kwargs(spec))])
               for spec, tid in zip(grid.specs, grid.ids)]
     metafunc.parametrize("lb_spec", params)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if session_of(config).grid_error is not None:
+        raise session_of(config).grid_error
     session_of(config).total = sum(1 for item in items if "lb_spec" in getattr(item, "fixturenames", ()))
 
 

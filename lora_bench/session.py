@@ -46,6 +46,7 @@ class BenchSession:
         self.run_id: str | None = config.getoption("lb_run_id")
         self.budget_overrides = parse_budget_options(config.getoption("lb_budget") or [])
         self._grid: Grid | None = None
+        self.grid_error: pytest.UsageError | None = None
         self._store: RunStore | None = None
         self._device_class: str | None = None
         self.results: list[dict[str, Any]] = []

@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# method name -> module implementing `prepare(model, spec, targets) -> PreparedModel`
+# method name -> module with `prepare(loaded, spec, targets)`, `save(model, dir)` and `load(loaded, dir)`;
+# head-only also has `fit(model, features, labels)`, used instead of the training loop
 IMPLEMENTED: dict[str, str] = {
     "head": "lora_bench.methods.head",
     "full": "lora_bench.methods.full",

@@ -21,3 +21,10 @@ def save(model: nn.Module, directory: Path) -> None:
     """All weights, shared tensors (tied embeddings) stored once."""
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / "model.safetensors"))
+
+
+def load(loaded: LoadedModel, directory: Path) -> nn.Module:
+    from safetensors.torch import load_model
+
+    load_model(loaded.model, str(directory / "model.safetensors"))
+    return loaded.model

@@ -46,3 +46,10 @@ def fit(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> dict:
 def save(model: nn.Module, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(directory / "head.safetensors"))
+
+
+def load(loaded: LoadedModel, directory: Path) -> nn.Module:
+    from safetensors.torch import load_file
+
+    loaded.model.head.load_state_dict(load_file(str(directory / "head.safetensors")))
+    return loaded.model

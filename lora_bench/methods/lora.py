@@ -25,3 +25,10 @@ def prepare(loaded: LoadedModel, spec: ExperimentSpec, target_modules: list[str]
 
 def save(model: nn.Module, directory: Path) -> None:
     model.save_pretrained(str(directory))
+
+
+def load(loaded: LoadedModel, directory: Path) -> nn.Module:
+    """Plain peft: the base classifier plus the saved adapter (and its head)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(loaded.model, str(directory))
