@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from .conftest import write_grid
@@ -62,6 +63,9 @@ def test_a_run_leaves_one_complete_record_per_experiment(tmp_path, tiny_grid):
     assert record["train_info"]["resources"]["adapter_bytes"] > 0
     assert record["meta_info"]["git"]["commit"]
     assert record["meta_info"]["versions"]["peft"]
+    schema = json.loads((ROOT / "lora_bench" / "record.schema.json").read_text())
+    for r in found:
+        jsonschema.validate(r, schema)
     run_info = json.loads(next(out.glob("*/run.json")).read_text())
     assert run_info["counts"] == {"ok": 4, "failed": 0, "over_budget": 0, "reused": 0}
 

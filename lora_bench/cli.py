@@ -1,0 +1,58 @@
+"""`lora-bench`: commands that read stored runs without training anything."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .storage import RunStore
+
+
+def records_table(run_dirs: list[str]):
+    """One row per record of the given run folders (or `latest` under reports/)."""
+    import pandas as pd
+
+    rows = []
+    for name in run_dirs:
+        store = RunStore.open(Path("reports"), name) if name == "latest" else RunStore.open(Path(name).parent, Path(name).name)
+        for r in store.records():
+            spec = r["run_info"]["spec"]
+            row = {"run": store.run_id, "test_id": r["test_id"], "status": r["status"], **{
+                k: spec[k] for k in ("model", "method", "bits", "rank", "n", "seed", "lr", "batch_size", "epochs")}}
+            if r["status"] == "ok":
+                info = r["train_info"]
+                row.update(accuracy=info["metrics"]["accuracy"], macro_f1=info["metrics"]["macro_f1"],
+                           val_accuracy=info["metrics"]["val_accuracy"],
+                           peak_gib=info["resources"]["peak_memory_gib"],
+                           train_s=info["resources"]["train_seconds"], p95_ms=info["latency"]["p95_ms"],
+                           over_budget=r["budgets"]["over_budget"])
+            else:
+                row["reason"] = r["reason"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lora-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    summary = sub.add_parser("summary", help="a table of the records of one or more run folders")
+    summary.add_argument("runs", nargs="*", default=["latest"], help="run folders (default: the latest under reports/)")
+    summary.add_argument("--csv", type=Path, help="also write the table as CSV")
+    args = parser.parse_args(argv)
+    try:
+        table = records_table(args.runs)
+    except FileNotFoundError as exc:
+        print(f"lora-bench: {exc}", file=sys.stderr)
+        return 2
+    import pandas as pd
+
+    with pd.option_context("display.width", 250, "display.max_rows", 500, "display.max_columns", 30):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
