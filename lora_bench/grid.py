@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from . import catalog, data, methods, quantization, targets
-from .schema import (ADAPTER_AXES, ADAPTER_METHODS, AXES, HEAD_DROPPED_AXES, ExperimentSpec, SpecError,
-                     check_budgets, check_value, eval_alpha, test_id)
+from .schema import (ADAPTER_AXES, ADAPTER_METHODS, AXES, HEAD_DROPPED_AXES, METHOD_AXES, ExperimentSpec,
+                     SpecError, check_budgets, check_value, eval_alpha, test_id)
 
 GRIDS = data.FIXTURES / "grids"
 GRID_KEYS = ("name", "description", "axes", "include", "exclude", "budgets")
@@ -194,6 +194,9 @@ def resolve(combo: dict[str, Any], budgets: dict[str, float] | None = None,
             resolved[key] = None
     if method == "head":
         for key in HEAD_DROPPED_AXES:
+            resolved[key] = None
+    for key, owner in METHOD_AXES.items():
+        if method != owner:
             resolved[key] = None
     limits = dict(budgets or {})
     limits.update((method_budgets or {}).get(method, {}))

@@ -71,7 +71,9 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
         seconds = time.perf_counter() - start
         training.update(train_seconds=seconds, examples_per_second=len(train_examples) / seconds)
     else:
-        training = train(model, tokenizer, train_examples, spec, device, progress)
+        make_optimizer = getattr(method, "make_optimizer", None)
+        optimizer = make_optimizer(model, spec) if make_optimizer else None
+        training = train(model, tokenizer, train_examples, spec, device, progress, optimizer)
     progress("evaluating")
     val = evaluate(model, tokenizer, task.val, spec.max_length, device)
     test = evaluate(model, tokenizer, task.test, spec.max_length, device)

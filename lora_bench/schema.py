@@ -33,6 +33,8 @@ BUDGETS: dict[str, tuple[str, str, str]] = {
 
 # Axes that only adapter methods have; for head and full they drop out of the combinations.
 ADAPTER_AXES = ("rank", "alpha", "dropout", "targets")
+# Axes of one method only: they drop out of every other method's combinations.
+METHOD_AXES = {"loraplus_ratio": "loraplus"}
 # Axes that head-only training does not use (its head is fitted to convergence on cached features).
 HEAD_DROPPED_AXES = ("epochs", "lr", "grad_accum", "warmup_ratio", "weight_decay")
 
@@ -57,6 +59,7 @@ AXES: dict[str, str] = {
     "warmup_ratio": "float[0,1)",
     "latency_rounds": "int>=1",
     "timeout_s": "int>=1",
+    "loraplus_ratio": "float[1,1000]",
 }
 
 
@@ -91,6 +94,7 @@ class ExperimentSpec:
     warmup_ratio: float | None
     latency_rounds: int
     timeout_s: int
+    loraplus_ratio: float | None = None
     budgets: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +150,7 @@ def test_id(spec: ExperimentSpec, varying: tuple[str, ...] = ()) -> str:
     fixed = {"model", "task", "method", "bits", "rank", "targets", "n", "seed", "budgets"}
     short = {"alpha": "a", "dropout": "d", "epochs": "e", "lr": "lr", "batch_size": "b", "grad_accum": "ga",
              "max_length": "len", "weight_decay": "wd", "warmup_ratio": "wu", "latency_rounds": "lat",
-             "timeout_s": "to"}
+             "timeout_s": "to", "loraplus_ratio": "lpr"}
     for key in varying:
         if key in fixed:
             continue

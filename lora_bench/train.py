@@ -48,13 +48,15 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
 
 
 def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: ExperimentSpec,
-          device: torch.device, progress: Progress) -> dict[str, Any]:
+          device: torch.device, progress: Progress, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """AdamW over the trainable parameters unless the method brings its own `optimizer` (LoRA+)."""
     assert spec.epochs is not None and spec.lr is not None and spec.grad_accum is not None
     ids = encode(tokenizer, examples, spec.max_length)
     labels = torch.tensor([e.label for e in examples])
     lengths = [len(x) for x in ids]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay or 0.0)
+    if optimizer is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay or 0.0)
     steps_per_epoch = math.ceil(math.ceil(len(ids) / spec.batch_size) / spec.grad_accum)
     total_steps = steps_per_epoch * spec.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, round(total_steps * (spec.warmup_ratio or 0.0)),
@@ -96,7 +98,8 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
         "tokens": tokens,
         "padding_fraction": 1 - tokens / max(padded, 1),
         "loss_curve": thin_curve(curve),
-        "optimizer": "adamw",
+        "optimizer": type(optimizer).__name__.lower(),
+        "param_groups": [{"params": sum(p.numel() for p in g["params"]), "lr": g["lr"]} for g in optimizer.param_groups],
     }
 
 

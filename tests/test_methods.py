@@ -74,6 +74,38 @@ def test_lora_on_llama_qkvo_matches_closed_form(tiny_llama):
     assert parameter_counts(model)["trainable"] == 2 * per_layer + head_params(hidden)
 
 
+@pytest.mark.parametrize("method", ["rslora", "pissa", "olora", "loraplus"])
+def test_variants_with_lora_shaped_adapters_match_lora_counts(tiny_bert, method):
+    rank = 4
+    _, model, _ = build(tiny_bert, method, rank=rank, targets="qv")
+    assert parameter_counts(model)["trainable"] == 2 * 2 * rank * (32 + 32) + head_params(32)
+
+
+def test_dora_adds_one_magnitude_per_output_feature(tiny_llama):
+    rank = 4
+    _, model, _ = build(tiny_llama, "dora", rank=rank, targets="qkvo")
+    hidden, kv = 32, 16
+    lora = rank * ((hidden + hidden) + (hidden + kv) + (hidden + kv) + (hidden + hidden))
+    magnitudes = hidden + kv + kv + hidden
+    assert parameter_counts(model)["trainable"] == 2 * (lora + magnitudes) + head_params(hidden)
+
+
+def test_rslora_scales_by_square_root_of_rank(tiny_bert):
+    _, model, _ = build(tiny_bert, "rslora", rank=16, alpha=32, targets="qv")
+    scalings = {m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)}
+    assert scalings == {32 / 4}
+
+
+def test_loraplus_gives_b_a_larger_learning_rate(tiny_bert):
+    from lora_bench.methods import lora
+
+    _, model, _ = build(tiny_bert, "loraplus", lr=1e-3, loraplus_ratio=8)
+    spec = resolve({"model": "minilm-l6", "method": "loraplus", "lr": 1e-3, "loraplus_ratio": 8})
+    optimizer = lora.make_optimizer(model, spec)
+    lrs = {g["lr"] for g in optimizer.param_groups if g["params"]}
+    assert lrs == {1e-3, 8e-3}
+
+
 def _logits(model, loaded):
     batch = loaded.tokenizer(["a match and a goal", "bank profit rises"], padding=True, return_tensors="pt")
     model.eval()
@@ -89,7 +121,7 @@ def _perturb(model):
                 p.add_(torch.randn_like(p) * 0.1)
 
 
-@pytest.mark.parametrize("method", ["head", "full", "lora"])
+@pytest.mark.parametrize("method", ["head", "full", "lora", "dora", "rslora", "pissa", "olora", "loraplus"])
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama"])
 def test_save_and_reload_give_the_same_logits(request, tmp_path, method, fixture):
     folder = request.getfixturevalue(fixture)

@@ -12,8 +12,13 @@ IMPLEMENTED: dict[str, str] = {
     "head": "lora_bench.methods.head",
     "full": "lora_bench.methods.full",
     "lora": "lora_bench.methods.lora",
+    "dora": "lora_bench.methods.lora",
+    "rslora": "lora_bench.methods.lora",
+    "pissa": "lora_bench.methods.lora",
+    "olora": "lora_bench.methods.lora",
+    "loraplus": "lora_bench.methods.lora",
 }
-PENDING_NOTE = "not implemented yet (LoRA variants land with issue 3)"
+PENDING_NOTE = "not implemented yet (OrthoGeoLoRA lands with issue 3)"
 
 
 def method_module(name: str) -> ModuleType:
