@@ -15,6 +15,7 @@ from pathlib import Path
 from .schema import SpecError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SHAPES = Path(__file__).resolve().parent / "shapes"   # published configs of weightless `shape:` models
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,12 @@ def parse_model(value: str) -> ModelRef:
         entry = EMBEDDED[value]
         return ModelRef("embedded", value, embedded_path(entry), entry.architecture)
     if value.startswith("shape:"):
-        raise SpecError("model", value, "weightless 'shape:' models are not implemented yet "
-                        "(they land with the quantization and shapes work, issue 3)")
+        name = value[len("shape:"):]
+        config = SHAPES / f"{name}.json"
+        if not config.exists():
+            known = ", ".join(sorted(p.stem for p in SHAPES.glob("*.json")))
+            raise SpecError("model", value, f"known shapes: {known} (configs in {SHAPES})")
+        return ModelRef("shape", name, config, json.loads(config.read_text())["model_type"])
     path = Path(value).expanduser()
     if path.is_dir():
         config = path / "config.json"

@@ -15,6 +15,12 @@ import torch  # noqa: E402
 
 from . import record as rec  # noqa: E402
 from .provenance import meta_info  # noqa: E402
+from .quantization import QuantizationUnavailable, import_bitsandbytes  # noqa: E402
+
+try:  # before transformers imports it, so its Hub-kernel lookup is hidden (quantization._no_hub_kernels)
+    import_bitsandbytes()
+except QuantizationUnavailable:
+    pass  # reported by the experiments that need it
 from .runner import pick_device, run  # noqa: E402
 from .schema import ExperimentSpec  # noqa: E402
 from .storage import atomic_write_json  # noqa: E402
@@ -40,6 +46,8 @@ def child_main(payload: dict[str, Any], conn: Any) -> None:
     try:
         train_info = run(spec, Path(payload["adapter_dir"]), progress)
         rec.finish(record, "ok", None, train_info, meta_info(device))
+    except QuantizationUnavailable as exc:  # never fall back to 16-bit silently
+        rec.finish(record, "skipped", str(exc), None, meta_info(device))
     except Exception as exc:  # every failure becomes a record; the sweep goes on
         rec.finish(record, "failed", failure_reason(exc), None, meta_info(device))
         record["traceback"] = traceback.format_exc()

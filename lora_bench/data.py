@@ -22,6 +22,8 @@ from .schema import SpecError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TASK_TYPES = ("classification",)
+SOURCES = ("bbc", "file", "hub", "synthetic")
+REQUIRED = {"hub": ("id", "text_column", "label_column"), "synthetic": ("classes", "per_class")}
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class TaskSpec:
     source: dict[str, Any]
     split: dict[str, float]
     path: Path
+    dedupe: bool = True
+
+    def declared_train_per_class(self) -> int | None:
+        """A hub dataset may declare its per-class training size, so collection can check `n` offline."""
+        return self.source.get("train_per_class")
 
 
 @dataclass
@@ -102,16 +109,16 @@ def _read_task(path: Path) -> TaskSpec:
         raise SpecError("task", str(path), f"valid YAML ({exc})") from None
     if not isinstance(raw, dict):
         raise SpecError("task", str(path), "a YAML mapping with name, type, source and split")
-    unknown = set(raw) - {"name", "type", "source", "split", "description"}
+    unknown = set(raw) - {"name", "type", "source", "split", "description", "dedupe"}
     if unknown:
         raise SpecError(f"task.{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
-                        "task keys: name, type, source, split, description")
+                        "task keys: name, type, source, split, dedupe, description")
     if raw.get("type", "classification") not in TASK_TYPES:
         raise SpecError("task.type", raw.get("type"), f"allowed: {', '.join(TASK_TYPES)}")
     source = raw.get("source")
-    if not isinstance(source, dict) or source.get("kind") not in ("bbc", "file"):
+    if not isinstance(source, dict) or source.get("kind") not in SOURCES:
         raise SpecError("task.source.kind", (source or {}).get("kind") if isinstance(source, dict) else source,
-                        "allowed: bbc, file")
+                        f"allowed: {', '.join(SOURCES)}")
     split = {"test": 0.2, "val": 0.1, "seed": 0, **(raw.get("split") or {})}
     for key in ("test", "val"):
         if not isinstance(split[key], (int, float)) or not 0 < split[key] < 1:
@@ -126,7 +133,11 @@ def _read_task(path: Path) -> TaskSpec:
         if not file.exists():
             raise SpecError("task.source.path", source["path"], f"an existing CSV, JSONL or parquet file ({file})")
         source = {**source, "path": str(file)}
-    return TaskSpec(raw.get("name", path.stem), raw.get("type", "classification"), source, split, path)
+    for key in REQUIRED.get(source["kind"], ()):
+        if not source.get(key):
+            raise SpecError(f"task.source.{key}", source.get(key), f"required for kind: {source['kind']}")
+    return TaskSpec(raw.get("name", path.stem), raw.get("type", "classification"), source, split, path,
+                    bool(raw.get("dedupe", True)))
 
 
 def load_task(name: str) -> TaskData:
@@ -136,11 +147,25 @@ def load_task(name: str) -> TaskData:
 @functools.lru_cache(maxsize=None)
 def _load_cached(path: Path) -> TaskData:
     task = _read_task(path)
-    if task.source["kind"] == "bbc":
-        texts, label_names = _read_bbc(task.source.get("text", "headline"))
+    kind = task.source["kind"]
+    if kind == "bbc":
+        rows, label_names = _read_bbc(task.source.get("text", "headline"))
+    elif kind == "file":
+        rows, label_names = _read_file(task.source)
+    elif kind == "hub":
+        rows, label_names = _read_hub(task.source)
     else:
-        texts, label_names = _read_file(task.source)
-    return split_examples(task, texts, label_names)
+        rows, label_names = _synthetic(task.source)
+    return split_examples(task, rows, label_names)
+
+
+def max_n_per_class(name: str) -> int:
+    """What `n` may be at most, without downloading a hub dataset that declares its size."""
+    task = find_task(name)
+    declared = task.declared_train_per_class()
+    if task.source["kind"] == "hub" and declared:
+        return int(declared)
+    return load_task(name).max_n_per_class()
 
 
 def _load(task: TaskSpec) -> TaskData:
@@ -152,8 +177,8 @@ def split_examples(task: TaskSpec, rows: list[tuple[str, str]], label_names: lis
     index = {name: i for i, name in enumerate(label_names)}
     first: dict[str, tuple[str, str]] = {}
     seen_labels: dict[str, set[str]] = {}
-    for text, label in rows:
-        key = normalise(text)
+    for i, (text, label) in enumerate(rows):
+        key = normalise(text) if task.dedupe else f"{i}:{text}"
         if not key:
             continue
         seen_labels.setdefault(key, set()).add(label)
@@ -229,3 +254,29 @@ def _read_file(source: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]
     frame = frame[[source["text_column"], source["label_column"]]].dropna()
     rows = [(str(t), str(lab)) for t, lab in frame.itertuples(index=False)]
     return rows, sorted({lab for _, lab in rows})
+
+
+def _read_hub(source: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """A `datasets` dataset by hub id, for users who have the Hub."""
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(source["id"], source.get("config"), split=source.get("split", "train"))
+    except Exception as exc:  # offline, unknown id, missing split
+        raise SpecError("task.source.id", source["id"],
+                        f"a loadable datasets hub id (loading failed: {type(exc).__name__}: {str(exc)[:200]})") from None
+    labels = dataset.features[source["label_column"]]
+    names = getattr(labels, "names", None)
+    rows = [(str(t), names[y] if names else str(y))
+            for t, y in zip(dataset[source["text_column"]], dataset[source["label_column"]])]
+    return rows, list(names) if names else sorted({lab for _, lab in rows})
+
+
+def _synthetic(source: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Real BBC headlines cycled to any size with labels assigned in turn: realistic lengths for
+    resource-only runs of weightless shapes, whose quality is never measured."""
+    headlines = [text for text, _ in _read_bbc("headline")[0]]
+    classes = int(source["classes"])
+    total = classes * int(source["per_class"])
+    rows = [(headlines[i % len(headlines)], f"class{i % classes}") for i in range(total)]
+    return rows, [f"class{c}" for c in range(classes)]

@@ -17,7 +17,7 @@ EVAL_BATCH = 64
 
 @torch.no_grad()
 def run_batched(fn: Any, tokenizer: Any, examples: list[Example], max_length: int,
-                device: torch.device) -> torch.Tensor:
+                device: torch.device, pad_to: int | None = None) -> torch.Tensor:
     """`fn(input_ids, attention_mask)` over examples sorted by length, returned in the original order."""
     ids = encode(tokenizer, examples, max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -25,7 +25,7 @@ def run_batched(fn: Any, tokenizer: Any, examples: list[Example], max_length: in
     for start in range(0, len(order), EVAL_BATCH):
         chunk = order[start:start + EVAL_BATCH]
         with autocast_for(device):
-            outputs.append(fn(**collate(tokenizer, [ids[i] for i in chunk], device)).float().cpu())
+            outputs.append(fn(**collate(tokenizer, [ids[i] for i in chunk], device, pad_to)).float().cpu())
     stacked = torch.cat(outputs)
     result = torch.empty_like(stacked)
     result[torch.tensor(order)] = stacked
@@ -33,9 +33,9 @@ def run_batched(fn: Any, tokenizer: Any, examples: list[Example], max_length: in
 
 
 def evaluate(model: nn.Module, tokenizer: Any, examples: list[Example], max_length: int,
-             device: torch.device) -> dict[str, Any]:
+             device: torch.device, pad_to: int | None = None) -> dict[str, Any]:
     model.eval()
-    logits = run_batched(model, tokenizer, examples, max_length, device)
+    logits = run_batched(model, tokenizer, examples, max_length, device, pad_to)
     labels = torch.tensor([e.label for e in examples])
     return metrics_from_logits(logits, labels)
 

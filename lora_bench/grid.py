@@ -195,6 +195,8 @@ def resolve(combo: dict[str, Any], budgets: dict[str, float] | None = None,
     if method == "head":
         for key in HEAD_DROPPED_AXES:
             resolved[key] = None
+    if resolved["bits"] == "16":
+        resolved["kbit_prepare"] = None
     for key, owner in METHOD_AXES.items():
         if method != owner:
             resolved[key] = None
@@ -206,6 +208,8 @@ def resolve(combo: dict[str, Any], budgets: dict[str, float] | None = None,
 def _check_data_sizes(specs: list[ExperimentSpec]) -> None:
     for task in sorted({s.task for s in specs}):
         largest = max(s.n for s in specs if s.task == task)
-        loaded = data.load_task(task)
-        if largest > loaded.max_n_per_class():
-            loaded.sample(largest, 0)  # raises the SpecError that names the smallest class
+        limit = data.max_n_per_class(task)
+        if largest > limit:
+            if data.find_task(task).source["kind"] == "hub":
+                raise SpecError("n", largest, f"task {task!r} declares {limit} training examples per class")
+            data.load_task(task).sample(largest, 0)  # raises the SpecError that names the smallest class

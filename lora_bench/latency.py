@@ -19,12 +19,12 @@ WARMUP = 5
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, tokenizer: Any, examples: list[Example], rounds: int,
-                    max_length: int, device: torch.device) -> dict[str, Any]:
+                    max_length: int, device: torch.device, pad_to: int | None = None) -> dict[str, Any]:
     model.eval()
     ids = encode(tokenizer, examples[: max(rounds, 1)], max_length)
     stats = Stats()
     for i in range(WARMUP + rounds):
-        inputs = collate(tokenizer, [ids[i % len(ids)]], device)
+        inputs = collate(tokenizer, [ids[i % len(ids)]], device, pad_to)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .catalog import ModelRef, parse_model
+from .quantization import bnb_config
 
 POOLINGS = ("mean", "cls", "last", "max")
 
@@ -62,10 +63,11 @@ class SequenceClassifier(nn.Module):
 class LoadedModel:
     model: SequenceClassifier
     tokenizer: Any
-    source: str          # the folder or hub id from_pretrained read
+    source: str          # the folder or hub id from_pretrained read, or `shape:<name>`
     architecture: str
     pooling: str
     dtype: torch.dtype
+    weightless: bool = False   # a shape: random weights, so quality is not applicable
 
 
 def cache_dir() -> Path:
@@ -115,6 +117,45 @@ def converted_gguf(gguf: Path) -> Path:
     return target
 
 
+def shape_config(ref: ModelRef) -> Any:
+    from transformers import AutoConfig
+
+    assert ref.path is not None
+    return AutoConfig.for_model(**json.loads(ref.path.read_text()))
+
+
+def materialized_shape(ref: ModelRef, device: torch.device) -> Path:
+    """A shape's randomly initialised weights saved once as a checkpoint folder, so a quantized
+    shape goes through the same bitsandbytes `from_pretrained` path as a real checkpoint."""
+    from transformers import AutoModel
+
+    assert ref.path is not None
+    tag = hashlib.sha256(ref.path.read_bytes()).hexdigest()[:12]
+    target = cache_dir() / "shapes" / f"{ref.value}-{tag}"
+    with _file_lock(target.with_suffix(".lock")):
+        if (target / "config.json").exists():
+            return target
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModel.from_config(shape_config(ref), dtype=torch.bfloat16)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        del model
+        os.replace(tmp, target)
+    return target
+
+
+def shape_tokenizer() -> Any:
+    """Shapes have no tokenizer of their own: MiniLM's English WordPiece gives realistic lengths for
+    headlines; the token values do not matter for memory and speed (every shape's vocabulary is larger)."""
+    from transformers import AutoTokenizer
+
+    from .catalog import EMBEDDED, embedded_path
+
+    return AutoTokenizer.from_pretrained(embedded_path(EMBEDDED["minilm-l6"]))
+
+
 def checkpoint_source(ref: ModelRef) -> str:
     """What `from_pretrained` reads: a folder, or a hub id for users who have the Hub."""
     if ref.kind == "embedded":
@@ -160,17 +201,37 @@ def _optional_file(source: str, name: str) -> str | None:
     return cached_file(source, name, _raise_exceptions_for_missing_entries=False)
 
 
-def load_classifier(model: str, num_labels: int, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """The backbone (`AutoModel`, no LM head) with a fresh head, on `device`, weights in `dtype`."""
+def load_classifier(model: str, num_labels: int, device: torch.device, dtype: torch.dtype,
+                    bits: str = "16") -> LoadedModel:
+    """The backbone (`AutoModel`, no LM head) with a fresh head, on `device`, weights in `dtype`;
+    quantized by bitsandbytes when `bits` is not 16 (`dtype` is then the compute dtype)."""
     from transformers import AutoModel, AutoTokenizer
 
     ref = parse_model(model)
-    source = checkpoint_source(ref)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    quantization = bnb_config(bits, dtype)
+    if ref.kind == "shape":
+        source, tokenizer = f"shape:{ref.value}", shape_tokenizer()
+        if quantization is None:
+            with torch.device(device):
+                backbone = AutoModel.from_config(shape_config(ref), dtype=dtype)
+        else:
+            backbone = AutoModel.from_pretrained(materialized_shape(ref, device), dtype=dtype,
+                                                 quantization_config=quantization, device_map={"": device})
+    else:
+        source = checkpoint_source(ref)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if quantization is not None:
+            kwargs.update(quantization_config=quantization, device_map={"": device})
+        backbone = AutoModel.from_pretrained(source, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    backbone = AutoModel.from_pretrained(source, dtype=dtype)
-    pooling = declared_pooling(source, backbone.config)
-    classifier = SequenceClassifier(backbone, num_labels, pooling).to(device)
-    return LoadedModel(classifier, tokenizer, source, backbone.config.model_type, pooling, dtype)
+    pooling = "last" if ref.kind == "shape" else declared_pooling(source, backbone.config)
+    classifier = SequenceClassifier(backbone, num_labels, pooling)
+    if quantization is None:
+        classifier.to(device)
+    else:  # quantized weights are placed by from_pretrained and must not be moved again
+        classifier.head.to(device)
+    return LoadedModel(classifier, tokenizer, source, backbone.config.model_type, pooling, dtype,
+                       weightless=ref.kind == "shape")

@@ -76,6 +76,8 @@ class Experiment:
 
     @staticmethod
     def assert_ok(record: dict[str, Any]) -> None:
+        if record["status"] == "skipped":
+            pytest.skip(record["reason"])
         if record["status"] != "ok":
             pytest.fail(f"experiment failed: {record['reason']}", pytrace=False)
 

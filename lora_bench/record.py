@@ -14,7 +14,7 @@ from typing import Any
 from . import data, provenance
 from .schema import SCHEMA_VERSION, ExperimentSpec
 
-STATUSES = ("ok", "failed")
+STATUSES = ("ok", "failed", "skipped")  # skipped: cannot run here (e.g. no bitsandbytes), with the reason
 
 
 def now() -> str:

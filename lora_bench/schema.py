@@ -20,6 +20,7 @@ METHODS = ("head", "full", "lora", "dora", "rslora", "pissa", "olora", "loraplus
 ADAPTER_METHODS = frozenset(METHODS[2:])
 BITS = ("16", "8", "4-nf4", "4-fp4", "4-nf4-dq", "4-fp4-dq")
 TARGET_SETS = ("qv", "qkv", "qkvo", "all-linear")
+PADDINGS = ("longest", "max_length")  # pad each batch to its longest text, or every text to max_length
 
 # Budget name -> ("max" | "min", record metric path, unit shown in messages)
 BUDGETS: dict[str, tuple[str, str, str]] = {
@@ -34,9 +35,10 @@ BUDGETS: dict[str, tuple[str, str, str]] = {
 # Axes that only adapter methods have; for head and full they drop out of the combinations.
 ADAPTER_AXES = ("rank", "alpha", "dropout", "targets")
 # Axes of one method only: they drop out of every other method's combinations.
-METHOD_AXES = {"loraplus_ratio": "loraplus"}
+METHOD_AXES = {"loraplus_ratio": "loraplus", "oglora_init": "oglora"}
+OGLORA_INITS = ("random", "zero")  # the study's random orthonormal start, or an update that starts at zero
 # Axes that head-only training does not use (its head is fitted to convergence on cached features).
-HEAD_DROPPED_AXES = ("epochs", "lr", "grad_accum", "warmup_ratio", "weight_decay")
+HEAD_DROPPED_AXES = ("epochs", "lr", "grad_accum", "warmup_ratio", "weight_decay", "grad_checkpointing", "max_steps")
 
 # Every axis a grid may set, with its type and allowed range (checked by `_check_value`).
 AXES: dict[str, str] = {
@@ -60,7 +62,14 @@ AXES: dict[str, str] = {
     "latency_rounds": "int>=1",
     "timeout_s": "int>=1",
     "loraplus_ratio": "float[1,1000]",
+    "padding": "choice",
+    "grad_checkpointing": "bool",
+    "kbit_prepare": "bool",
+    "max_steps": "int>=1",
+    "oglora_init": "choice",
 }
+# Axes whose value may be null (no limit).
+OPTIONAL_AXES = frozenset({"max_steps"})
 
 
 class SpecError(ValueError):
@@ -95,6 +104,11 @@ class ExperimentSpec:
     latency_rounds: int
     timeout_s: int
     loraplus_ratio: float | None = None
+    padding: str = "longest"
+    grad_checkpointing: bool | None = False
+    kbit_prepare: bool | None = None
+    max_steps: int | None = None
+    oglora_init: str | None = None
     budgets: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +164,8 @@ def test_id(spec: ExperimentSpec, varying: tuple[str, ...] = ()) -> str:
     fixed = {"model", "task", "method", "bits", "rank", "targets", "n", "seed", "budgets"}
     short = {"alpha": "a", "dropout": "d", "epochs": "e", "lr": "lr", "batch_size": "b", "grad_accum": "ga",
              "max_length": "len", "weight_decay": "wd", "warmup_ratio": "wu", "latency_rounds": "lat",
-             "timeout_s": "to", "loraplus_ratio": "lpr"}
+             "timeout_s": "to", "loraplus_ratio": "lpr", "padding": "pad", "grad_checkpointing": "gc",
+             "kbit_prepare": "kp", "max_steps": "steps", "oglora_init": "init"}
     for key in varying:
         if key in fixed:
             continue
@@ -210,15 +225,21 @@ def check_value(key: str, value: Any) -> Any:
     if key not in AXES:
         raise SpecError(key, value, f"unknown key; allowed keys: {', '.join(AXES)}")
     kind = AXES[key]
+    if value is None and key in OPTIONAL_AXES:
+        return None
     if kind == "str":
         if not isinstance(value, str) or not value.strip():
             raise SpecError(key, value, "a non-empty string")
         return value
     if kind == "choice":
-        allowed = METHODS if key == "method" else BITS
+        allowed = {"method": METHODS, "bits": BITS, "padding": PADDINGS, "oglora_init": OGLORA_INITS}[key]
         value = str(value)
         if value not in allowed:
             raise SpecError(key, value, f"allowed: {', '.join(allowed)}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(key, value, "true or false")
         return value
     if kind == "targets":
         if isinstance(value, str):

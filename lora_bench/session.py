@@ -36,6 +36,13 @@ def parse_budget_options(values: list[str]) -> dict[str, float]:
         raise pytest.UsageError(str(exc)) from None
 
 
+def quality(record: dict[str, Any]) -> str:
+    m = record["train_info"]["metrics"]
+    if m.get("accuracy") is None:
+        return "quality n/a (weightless shape)"
+    return f"acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}"
+
+
 class BenchSession:
     def __init__(self, config: pytest.Config):
         self.config = config
@@ -112,6 +119,7 @@ class BenchSession:
     def counts(self) -> dict[str, int]:
         return {"ok": sum(r["status"] == "ok" for r in self.results),
                 "failed": sum(r["status"] == "failed" for r in self.results),
+                "skipped": sum(r["status"] == "skipped" for r in self.results),
                 "over_budget": sum(bool(r["budgets"]["over_budget"]) for r in self.results),
                 "reused": sum(bool(r.get("reused")) for r in self.results)}
 
@@ -148,10 +156,9 @@ class BenchSession:
         result = self._judge(result, spec, write=True)
         seconds = time.perf_counter() - start
         if result["status"] == "ok":
-            m = result["train_info"]["metrics"]
-            self.say(f"{prefix}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} in {seconds:.1f} s")
+            self.say(f"{prefix}: {quality(result)} in {seconds:.1f} s")
         else:
-            self.say(f"{prefix}: FAILED: {result['reason']}")
+            self.say(f"{prefix}: {result['status'].upper()}: {result['reason']}")
         return result
 
     def _judge(self, record: dict[str, Any], spec: ExperimentSpec, write: bool) -> dict[str, Any]:
@@ -174,15 +181,15 @@ class BenchSession:
             return []
         c = self.counts()
         lines = [f"lora-bench run {self._store.run_id}: {len(self.results)} experiments, {c['ok']} ok, "
-                 f"{c['failed']} failed, {c['over_budget']} over budget, {c['reused']} reused",
+                 f"{c['failed']} failed, {c['skipped']} skipped, {c['over_budget']} over budget, {c['reused']} reused",
                  f"records: {os.path.relpath(self._store.records_dir)}"]
         for r in self.results:
             if r["status"] == "ok":
-                m, res = r["train_info"]["metrics"], r["train_info"]["resources"]
-                lines.append(f"  {r['test_id']:<60} acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}  "
+                res = r["train_info"]["resources"]
+                lines.append(f"  {r['test_id']:<60} {quality(r)}  "
                              f"peak {res['peak_memory_gib']:.2f} GiB  train {res['train_seconds']:.1f} s  "
                              f"p95 {r['train_info']['latency']['p95_ms']:.1f} ms"
                              + ("  OVER BUDGET" if r["budgets"]["over_budget"] else ""))
             else:
-                lines.append(f"  {r['test_id']:<60} FAILED: {r['reason']}")
+                lines.append(f"  {r['test_id']:<60} {r['status'].upper()}: {r['reason']}")
         return lines

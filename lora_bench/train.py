@@ -34,10 +34,17 @@ def encode(tokenizer: Any, examples: list[Example], max_length: int) -> list[lis
     return tokenizer([e.text for e in examples], truncation=True, max_length=max_length)["input_ids"]
 
 
-def collate(tokenizer: Any, ids: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
-    """Pads to the longest sequence of this batch only."""
-    batch = tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
+def collate(tokenizer: Any, ids: list[list[int]], device: torch.device, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pads to the longest sequence of this batch, or to `pad_to` (the origin study's fixed 256)."""
+    if pad_to is None:
+        batch = tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
+    else:
+        batch = tokenizer.pad({"input_ids": ids}, padding="max_length", max_length=pad_to, return_tensors="pt")
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+def pad_target(spec: ExperimentSpec) -> int | None:
+    return spec.max_length if spec.padding == "max_length" else None
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -59,17 +66,23 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
         optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay or 0.0)
     steps_per_epoch = math.ceil(math.ceil(len(ids) / spec.batch_size) / spec.grad_accum)
     total_steps = steps_per_epoch * spec.epochs
+    if spec.max_steps is not None:
+        total_steps = min(total_steps, spec.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(total_steps * (spec.warmup_ratio or 0.0)),
                                                 total_steps)
     model.train()
     curve: list[tuple[int, float]] = []
-    tokens = padded = step = 0
+    tokens = padded = step = seen = 0
     start = time.perf_counter()
     for epoch in range(spec.epochs):
+        if step >= total_steps:
+            break
         batches = length_grouped_batches(lengths, spec.batch_size, spec.seed * 1000 + epoch)
         epoch_loss = 0.0
         for i, batch in enumerate(batches):
-            inputs = collate(tokenizer, [ids[j] for j in batch], device)
+            if step >= total_steps:
+                break
+            inputs = collate(tokenizer, [ids[j] for j in batch], device, pad_target(spec))
             with autocast_for(device):
                 logits = model(**inputs)
             loss = nn.functional.cross_entropy(logits.float(), labels[batch].to(device))
@@ -79,13 +92,14 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
             tokens += int(inputs["attention_mask"].sum())
             padded += inputs["attention_mask"].numel()
             epoch_loss += float(loss)
+            seen += len(batch)
             if (i + 1) % spec.grad_accum == 0 or i + 1 == len(batches):
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 curve.append((step, float(loss)))
-        progress(f"epoch {epoch + 1}/{spec.epochs}: mean loss {epoch_loss / len(batches):.4f} "
+        progress(f"epoch {epoch + 1}/{spec.epochs}: mean loss {epoch_loss / max(i + 1, 1):.4f} "
                  f"({time.perf_counter() - start:.1f} s)")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -93,7 +107,8 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
     return {
         "train_seconds": seconds,
         "optimizer_steps": step,
-        "examples_per_second": len(ids) * spec.epochs / seconds,
+        "examples_per_second": seen / seconds,
+        "examples_seen": seen,
         "tokens_per_second": tokens / seconds,
         "tokens": tokens,
         "padding_fraction": 1 - tokens / max(padded, 1),

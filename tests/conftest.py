@@ -46,21 +46,31 @@ def tiny_bert(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
+def _llama(folder: Path, hidden: int) -> Path:
     from transformers import LlamaConfig, LlamaModel
 
     import torch
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = minilm_tokenizer()
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=2 * hidden,
+                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
     LlamaModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """Hidden 32, one key/value head of width 16."""
+    return _llama(tmp_path_factory.mktemp("tiny-llama"), 32)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama64(tmp_path_factory) -> Path:
+    """Hidden 64: bitsandbytes' CPU 4-bit kernels need layers at least one 64-wide block wide."""
+    return _llama(tmp_path_factory.mktemp("tiny-llama64"), 64)
 
 
 def write_csv_task(folder: Path, per_class: int = 40, duplicates: int = 0, name: str = "toy") -> Path:

@@ -67,7 +67,7 @@ def test_a_run_leaves_one_complete_record_per_experiment(tmp_path, tiny_grid):
     for r in found:
         jsonschema.validate(r, schema)
     run_info = json.loads(next(out.glob("*/run.json")).read_text())
-    assert run_info["counts"] == {"ok": 4, "failed": 0, "over_budget": 0, "reused": 0}
+    assert run_info["counts"] == {"ok": 4, "failed": 0, "skipped": 0, "over_budget": 0, "reused": 0}
 
 
 def test_marker_selection_is_exact(tmp_path, tiny_grid):

@@ -96,10 +96,11 @@ def test_budgets_per_method(tmp_path):
     ("axes: {model: minilm-l6, task: no-such-task}\n", "task", "known tasks: bbc-topic"),
     ("axes: {model: minilm-l6}\nbudgets: {max_gpu: 3}\n", "budgets.max_gpu", "allowed budgets"),
     ("axes: {model: minilm-l6}\nmatrix: {}\n", "matrix", "unknown grid key"),
-    ("axes: {model: minilm-l6, method: oglora}\n", "method", "not implemented yet"),
+    ("axes: {model: minilm-l6, method: oglora, oglora_init: ones}\n", "oglora_init", "allowed: random, zero"),
     ("axes: {model: minilm-l6, method: loraplus, loraplus_ratio: 0.5}\n", "loraplus_ratio", "[1,1000]"),
-    ("axes: {model: minilm-l6, bits: 4-nf4}\n", "bits", "not implemented yet"),
-    ("axes: {model: 'shape:qwen2.5-1.5b'}\n", "model", "not implemented yet"),
+    ("axes: {model: minilm-l6, padding: left}\n", "padding", "allowed: longest, max_length"),
+    ("axes: {model: minilm-l6, kbit_prepare: 1}\n", "kbit_prepare", "true or false"),
+    ("axes: {model: 'shape:qwen9-9b'}\n", "model", "known shapes: llama-3.2-1b, qwen2.5-1.5b"),
     ("axes: {model: minilm-l6, n: []}\n", "axes.n", "non-empty list"),
 ])
 def test_bad_grids_name_file_key_value_and_allowed(tmp_path, text, key, fragment):

@@ -121,7 +121,7 @@ def _perturb(model):
                 p.add_(torch.randn_like(p) * 0.1)
 
 
-@pytest.mark.parametrize("method", ["head", "full", "lora", "dora", "rslora", "pissa", "olora", "loraplus"])
+@pytest.mark.parametrize("method", ["head", "full", "lora", "dora", "rslora", "pissa", "olora", "loraplus", "oglora"])
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama"])
 def test_save_and_reload_give_the_same_logits(request, tmp_path, method, fixture):
     folder = request.getfixturevalue(fixture)

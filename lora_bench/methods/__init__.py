@@ -17,8 +17,9 @@ IMPLEMENTED: dict[str, str] = {
     "pissa": "lora_bench.methods.lora",
     "olora": "lora_bench.methods.lora",
     "loraplus": "lora_bench.methods.lora",
+    "oglora": "lora_bench.methods.oglora",
 }
-PENDING_NOTE = "not implemented yet (OrthoGeoLoRA lands with issue 3)"
+PENDING_NOTE = "not implemented"
 
 
 def method_module(name: str) -> ModuleType:
