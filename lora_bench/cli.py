@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .report.cli import add_report_parser, run_report
 from .storage import RunStore
 
 
@@ -39,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = sub.add_parser("summary", help="a table of the records of one or more run folders")
     summary.add_argument("runs", nargs="*", default=["latest"], help="run folders (default: the latest under reports/)")
     summary.add_argument("--csv", type=Path, help="also write the table as CSV")
+    add_report_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return run_report(args)
     try:
         table = records_table(args.runs)
     except FileNotFoundError as exc:

@@ -21,7 +21,7 @@ import yaml
 from .schema import SpecError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-TASK_TYPES = ("classification",)
+TASK_TYPES = ("classification", "generation")
 SOURCES = ("bbc", "file", "hub", "synthetic")
 REQUIRED = {"hub": ("id", "text_column", "label_column"), "synthetic": ("classes", "per_class")}
 

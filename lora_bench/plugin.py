@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from .data import find_task
 from .schema import ExperimentSpec, marker_kwargs
 from .session import BenchSession
 
@@ -49,9 +50,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         session.grid_error = exc  # raised cleanly once collection is over: "ERROR: <file>: <key>: ..."
         metafunc.parametrize("lb_spec", [])
         return
+    marker = metafunc.definition.get_closest_marker("lb_task_type")
+    kind = marker.args[0] if marker else "classification"
     params = [pytest.param(spec, id=tid, marks=[pytest.mark.lb(**marker_kwargs(spec))])
-              for spec, tid in zip(grid.specs, grid.ids)]
+              for spec, tid in zip(grid.specs, grid.ids) if task_type(spec.task) == kind]
     metafunc.parametrize("lb_spec", params)
+
+
+def task_type(task: str) -> str:
+    return find_task(task).type
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

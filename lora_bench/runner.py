@@ -24,7 +24,7 @@ from .train import pad_target, train
 
 Progress = Callable[[str], None]
 MERGE_CHECK_EXAMPLES = 32   # test examples whose logits compare the merged model with the unmerged one
-SHAPE_EVAL_EXAMPLES = 256   # a weightless shape's inference is timed on this many examples only
+SHAPE_EVAL_EXAMPLES = 64    # a weightless shape's inference is timed on this many examples only
 
 
 def pick_device() -> torch.device:
@@ -132,8 +132,7 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
         training = train(model, tokenizer, train_examples, spec, device, progress, optimizer)
     progress("evaluating")
     test_examples = task.test[:SHAPE_EVAL_EXAMPLES] if loaded.weightless else task.test
-    val = evaluate(model, tokenizer, task.val[:SHAPE_EVAL_EXAMPLES] if loaded.weightless else task.val,
-                   spec.max_length, device, pad_to)
+    val = evaluate(model, tokenizer, task.val[:1] if loaded.weightless else task.val, spec.max_length, device, pad_to)
     start = time.perf_counter()
     test = evaluate(model, tokenizer, test_examples, spec.max_length, device, pad_to)
     test_seconds = time.perf_counter() - start

@@ -171,7 +171,7 @@ def test_id(spec: ExperimentSpec, varying: tuple[str, ...] = ()) -> str:
             continue
         value = getattr(spec, key)
         if value is not None:
-            parts.append(f"{short.get(key, key)}{_fmt(value)}")
+            parts.append(f"{short.get(key, key)}{_fmt({'max_length': 'max'}.get(value, value) if key == 'padding' else value)}")
     return "-".join(parts)
 
 

@@ -59,6 +59,7 @@ class BenchSession:
         self.results: list[dict[str, Any]] = []
         self.started = rec.now()
         self.total = 0
+        self.report = ""
 
     @property
     def grid(self) -> Grid:
@@ -175,6 +176,17 @@ class BenchSession:
     def finish(self) -> None:
         if self._store is not None:
             self.write_run_info(finished=rec.now())
+            self.report = self.render_report()
+
+    def render_report(self) -> str:
+        """The run's HTML report; a broken report is said loudly but never costs the records."""
+        assert self._store is not None
+        try:
+            from .report.render import render_report
+
+            return f"report: {os.path.relpath(render_report([self._store.dir], self._store.dir))}"
+        except Exception as exc:  # the records are already safe on disk
+            return f"report: FAILED to render ({type(exc).__name__}: {exc}); records are intact"
 
     def summary_lines(self) -> list[str]:
         if self._store is None:
@@ -182,7 +194,7 @@ class BenchSession:
         c = self.counts()
         lines = [f"lora-bench run {self._store.run_id}: {len(self.results)} experiments, {c['ok']} ok, "
                  f"{c['failed']} failed, {c['skipped']} skipped, {c['over_budget']} over budget, {c['reused']} reused",
-                 f"records: {os.path.relpath(self._store.records_dir)}"]
+                 f"records: {os.path.relpath(self._store.records_dir)}", self.report]
         for r in self.results:
             if r["status"] == "ok":
                 res = r["train_info"]["resources"]

@@ -67,6 +67,9 @@ def test_a_run_leaves_one_complete_record_per_experiment(tmp_path, tiny_grid):
     for r in found:
         jsonschema.validate(r, schema)
     run_info = json.loads(next(out.glob("*/run.json")).read_text())
+    report = next(out.glob("*/index.html"))
+    assert "lora-bench report" in report.read_text() and (report.parent / "results.csv").exists()
+    assert f"report: {os.path.relpath(report, ROOT)}" in result.stdout
     assert run_info["counts"] == {"ok": 4, "failed": 0, "skipped": 0, "over_budget": 0, "reused": 0}
 
 

@@ -93,7 +93,7 @@ def test_budgets_per_method(tmp_path):
     ("axes: {model: ./missing/folder}\n", "model", "no such folder"),
     ("axes: {model: minilm-l6, targets: [query, q_proj]}\n", "targets", "unknown module(s) q_proj for bert"),
     ("axes: {model: minilm-l6, n: 300}\n", "n", "has only 253 training examples in class 'tech'"),
-    ("axes: {model: minilm-l6, task: no-such-task}\n", "task", "known tasks: bbc-topic"),
+    ("axes: {model: minilm-l6, task: no-such-task}\n", "task", "known tasks: ag-news, bbc-topic"),
     ("axes: {model: minilm-l6}\nbudgets: {max_gpu: 3}\n", "budgets.max_gpu", "allowed budgets"),
     ("axes: {model: minilm-l6}\nmatrix: {}\n", "matrix", "unknown grid key"),
     ("axes: {model: minilm-l6, method: oglora, oglora_init: ones}\n", "oglora_init", "allowed: random, zero"),
