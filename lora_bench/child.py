@@ -5,6 +5,7 @@ so each experiment starts with torch and transformers already loaded."""
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,6 @@ import torch  # noqa: E402
 from . import record as rec  # noqa: E402
 from .provenance import meta_info  # noqa: E402
 from .quantization import QuantizationUnavailable, import_bitsandbytes  # noqa: E402
-
-try:  # before transformers imports it, so its Hub-kernel lookup is hidden (quantization._no_hub_kernels)
-    import_bitsandbytes()
-except QuantizationUnavailable:
-    pass  # reported by the experiments that need it
 from .runner import pick_device, run  # noqa: E402
 from .schema import ExperimentSpec  # noqa: E402
 from .storage import atomic_write_json  # noqa: E402
@@ -35,21 +31,45 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def safe_meta(device: torch.device) -> dict[str, Any]:
+    """Provenance that cannot itself fail the record: a broken device query is noted, not raised."""
+    try:
+        return meta_info(device)
+    except Exception as exc:
+        return {"meta_error": f"{type(exc).__name__}: {exc}"}
+
+
+def redirect_output(log_path: str) -> None:
+    """The experiment's stdout and stderr (C libraries included) go to its own log file, so a
+    crash that kills the process still leaves its last words for the failed record."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+        stream.flush()
+        os.dup2(log, fd)
+
+
 def child_main(payload: dict[str, Any], conn: Any) -> None:
+    if payload.get("log_path"):
+        redirect_output(payload["log_path"])
     record = payload["record"]
     spec = ExperimentSpec.from_dict(record["run_info"]["spec"])
 
     def progress(message: str) -> None:
         conn.send(("progress", message))
 
+    try:  # first, before peft imports it unguarded; not in the forkserver, where it would initialise CUDA
+        import_bitsandbytes()
+    except QuantizationUnavailable:
+        pass  # reported by the experiments that need it
     device = pick_device()
     try:
         train_info = run(spec, Path(payload["adapter_dir"]), progress)
-        rec.finish(record, "ok", None, train_info, meta_info(device))
+        rec.finish(record, "ok", None, train_info, safe_meta(device))
     except QuantizationUnavailable as exc:  # never fall back to 16-bit silently
-        rec.finish(record, "skipped", str(exc), None, meta_info(device))
+        rec.finish(record, "skipped", str(exc), None, safe_meta(device))
     except Exception as exc:  # every failure becomes a record; the sweep goes on
-        rec.finish(record, "failed", failure_reason(exc), None, meta_info(device))
+        rec.finish(record, "failed", failure_reason(exc), None, safe_meta(device))
         record["traceback"] = traceback.format_exc()
     atomic_write_json(Path(payload["record_path"]), record)
     conn.send(("done", record["status"]))

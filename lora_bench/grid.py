@@ -174,8 +174,14 @@ def resolve(combo: dict[str, Any], budgets: dict[str, float] | None = None,
     method = check_value("method", combo.get("method", "lora"))
     model = check_value("model", combo.get("model", "minilm-l6"))
     values: dict[str, Any] = dict(table["all"])
-    values.update(table.get("methods", {}).get(method, {}))
-    values.update(((table.get("models") or {}).get(model) or {}).get(method, {}))
+    per_model = (table.get("models") or {}).get(model) or {}
+    # adapter variants (dora, rslora ...) inherit LoRA's defaults unless they set their own
+    family = ["lora", method] if method in ADAPTER_METHODS and method != "lora" else [method]
+    for scope in (table.get("methods") or {}, None):
+        for name in family:
+            values.update((scope if scope is not None else per_model).get(name) or {})
+        if scope is not None:
+            values.update(per_model.get("all") or {})
     values.update(combo)
     values["model"], values["method"] = model, method
     resolved = {key: check_value(key, values[key]) for key in AXES}

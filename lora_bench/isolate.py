@@ -16,14 +16,22 @@ from .storage import atomic_write_json
 
 _CONTEXT: Any = None
 POLL_SECONDS = 0.5
+LOG_TAIL = 4000   # characters of a crashed experiment's log kept in its record
 
 
 def context() -> Any:
-    """A forkserver that has imported the experiment code once; every experiment forks from it."""
+    """On CPU, a forkserver that has imported the experiment code once, so every experiment forks
+    from it in milliseconds. With a GPU, a fresh spawned process per experiment: a CUDA context
+    must never be inherited through fork, and imports that probe the GPU would create one."""
     global _CONTEXT
     if _CONTEXT is None:
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["lora_bench.child"])
+        import torch
+
+        if torch.cuda.is_available():
+            _CONTEXT = multiprocessing.get_context("spawn")
+        else:
+            _CONTEXT = multiprocessing.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["lora_bench.child"])
     return _CONTEXT
 
 
@@ -40,7 +48,9 @@ def run_isolated(record: dict[str, Any], record_path: Path, adapter_dir: Path, t
     injects a fault); it writes the record itself, or dies and the parent writes a failed one."""
     ctx = context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
-    payload = {"record": record, "record_path": str(record_path), "adapter_dir": str(adapter_dir)}
+    log_path = record_path.with_suffix(".log")
+    payload = {"record": record, "record_path": str(record_path), "adapter_dir": str(adapter_dir),
+               "log_path": str(log_path)}
     if target is None:
         from .child import child_main as target
 
@@ -78,5 +88,7 @@ def run_isolated(record: dict[str, Any], record_path: Path, adapter_dir: Path, t
     meta = {"versions": versions(), "git": git_info(), "host": host_info(), "device": {"class": device_class()},
             "source_hash": source_hash()}
     failed = rec.finish(record, "failed", reason, None, meta)
+    if log_path.exists():
+        failed["log_tail"] = log_path.read_text(errors="replace")[-LOG_TAIL:]
     atomic_write_json(record_path, failed)
     return failed

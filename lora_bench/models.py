@@ -209,6 +209,7 @@ def load_classifier(model: str, num_labels: int, device: torch.device, dtype: to
 
     ref = parse_model(model)
     quantization = bnb_config(bits, dtype)
+    placement = {"": f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"}
     if ref.kind == "shape":
         source, tokenizer = f"shape:{ref.value}", shape_tokenizer()
         if quantization is None:
@@ -216,13 +217,13 @@ def load_classifier(model: str, num_labels: int, device: torch.device, dtype: to
                 backbone = AutoModel.from_config(shape_config(ref), dtype=dtype)
         else:
             backbone = AutoModel.from_pretrained(materialized_shape(ref, device), dtype=dtype,
-                                                 quantization_config=quantization, device_map={"": device})
+                                                 quantization_config=quantization, device_map=placement)
     else:
         source = checkpoint_source(ref)
         tokenizer = AutoTokenizer.from_pretrained(source)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if quantization is not None:
-            kwargs.update(quantization_config=quantization, device_map={"": device})
+            kwargs.update(quantization_config=quantization, device_map=placement)
         backbone = AutoModel.from_pretrained(source, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -171,8 +171,14 @@ def test_id(spec: ExperimentSpec, varying: tuple[str, ...] = ()) -> str:
             continue
         value = getattr(spec, key)
         if value is not None:
-            parts.append(f"{short.get(key, key)}{_fmt({'max_length': 'max'}.get(value, value) if key == 'padding' else value)}")
+            parts.append(_id_token(short.get(key, key), value))
     return "-".join(parts)
+
+
+def _id_token(short: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return short if value else f"no{short}"
+    return f"{short}{_fmt({'max_length': 'max'}.get(value, value))}"
 
 
 def marker_kwargs(spec: ExperimentSpec) -> dict[str, Any]:
