@@ -16,8 +16,10 @@ import torch  # noqa: E402
 
 from . import record as rec  # noqa: E402
 from .provenance import meta_info  # noqa: E402
-from .quantization import QuantizationUnavailable, import_bitsandbytes  # noqa: E402
-from .runner import pick_device, run  # noqa: E402
+from .quantization import QuantizationUnavailable, import_bitsandbytes, no_hub_kernels  # noqa: E402
+
+with no_hub_kernels():  # transformers, peft and accelerate may import bitsandbytes on the way
+    from .runner import pick_device, run  # noqa: E402
 from .schema import ExperimentSpec  # noqa: E402
 from .storage import atomic_write_json  # noqa: E402
 from .train import NonFiniteLoss  # noqa: E402

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .datacard_cli import add_data_parser, run_data
 from .report.cli import add_report_parser, run_report
 from .storage import RunStore
 
@@ -41,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("runs", nargs="*", default=["latest"], help="run folders (default: the latest under reports/)")
     summary.add_argument("--csv", type=Path, help="also write the table as CSV")
     add_report_parser(sub)
+    add_data_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "report":
         return run_report(args)
+    if args.command == "data":
+        return run_data(args)
     try:
         table = records_table(args.runs)
     except FileNotFoundError as exc:

@@ -12,6 +12,8 @@ from .schema import ExperimentSpec, marker_kwargs
 from .session import BenchSession
 
 _SESSION = pytest.StashKey[BenchSession]()
+# stands in for the parameters of a bench test that this grid gives nothing to run; deselected
+_NO_EXPERIMENT = pytest.param(None, id="no-experiment", marks=pytest.mark.lb_no_experiment)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,6 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lb(model, task, method, bits, rank, targets, n, seed): "
                                        "a lora-bench experiment; select with -m \"lb(method='lora')\"")
     config.addinivalue_line("markers", "lb_task_type(kind): the task type a bench test runs")
+    config.addinivalue_line("markers", "lb_no_experiment: a bench test with nothing to run in this grid")
     config.stash[_SESSION] = BenchSession(config)
 
 
@@ -48,13 +51,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         grid = session.grid
     except pytest.UsageError as exc:
         session.grid_error = exc  # raised cleanly once collection is over: "ERROR: <file>: <key>: ..."
-        metafunc.parametrize("lb_spec", [])
+        metafunc.parametrize("lb_spec", [_NO_EXPERIMENT])
         return
     marker = metafunc.definition.get_closest_marker("lb_task_type")
     kind = marker.args[0] if marker else "classification"
     params = [pytest.param(spec, id=tid, marks=[pytest.mark.lb(**marker_kwargs(spec))])
               for spec, tid in zip(grid.specs, grid.ids) if task_type(spec.task) == kind]
-    metafunc.parametrize("lb_spec", params)
+    metafunc.parametrize("lb_spec", params or [_NO_EXPERIMENT])
 
 
 def task_type(task: str) -> str:
@@ -64,7 +67,24 @@ def task_type(task: str) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if session_of(config).grid_error is not None:
         raise session_of(config).grid_error
-    session_of(config).total = sum(1 for item in items if "lb_spec" in getattr(item, "fixturenames", ()))
+    # a bench test whose task type has no experiment in this grid is not a skipped test: drop it
+    empty = [item for item in items if item.get_closest_marker("lb_no_experiment")]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [item for item in items if item not in empty]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The data card's summary and warnings for every task about to run, before anything trains."""
+    config = session.config
+    specs = [item.callspec.params["lb_spec"] for item in session.items if "lb_spec" in getattr(item, "fixturenames", ())]
+    session_of(config).total = len(specs)
+    if not specs or config.getoption("collectonly"):
+        return
+    from .datacard import preflight_lines
+
+    for line in preflight_lines(specs):
+        session_of(config).say(line)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

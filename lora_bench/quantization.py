@@ -25,7 +25,7 @@ class QuantizationUnavailable(RuntimeError):
 
 
 @contextmanager
-def _no_hub_kernels() -> Iterator[None]:
+def no_hub_kernels() -> Iterator[None]:
     """bitsandbytes' CPU backend tries `kernels.get_kernel(...)`, a Hub download, at import time:
     hide the `kernels` package for that import so it takes its built-in path, offline."""
     saved = sys.modules.get("kernels", None)
@@ -45,7 +45,7 @@ def _no_hub_kernels() -> Iterator[None]:
 
 def import_bitsandbytes() -> Any:
     try:
-        with _no_hub_kernels():
+        with no_hub_kernels():
             import bitsandbytes
     except Exception as exc:  # ImportError, or a missing native library
         raise QuantizationUnavailable(f"bitsandbytes cannot run here: {type(exc).__name__}: {exc}") from None

@@ -18,10 +18,11 @@ def grid(tmp_path, text):
 
 def test_quick_grid_expands_with_readable_ids():
     quick = load_grid("quick")
-    assert len(quick.specs) == 17
+    assert len(quick.specs) == 18
     assert "minilm-l6-bbc-topic-lora-r8-qv-16-n250-s0" in quick.ids
     assert "minilm-l6-bbc-topic-head-16-n50-s1" in quick.ids
     assert "smollm2-135m-bbc-topic-lora-r8-qv-16-n50-s0" in quick.ids
+    assert [i for i in quick.ids if "qlora" in i] == ["minilm-l6-bbc-topic-qlora-nf4-r8-qv-n50-s0"]
     assert len(set(quick.ids)) == len(quick.ids)
 
 
@@ -93,7 +94,7 @@ def test_budgets_per_method(tmp_path):
     ("axes: {model: ./missing/folder}\n", "model", "no such folder"),
     ("axes: {model: minilm-l6, targets: [query, q_proj]}\n", "targets", "unknown module(s) q_proj for bert"),
     ("axes: {model: minilm-l6, n: 300}\n", "n", "has only 253 training examples in class 'tech'"),
-    ("axes: {model: minilm-l6, task: no-such-task}\n", "task", "known tasks: ag-news, bbc-topic"),
+    ("axes: {model: minilm-l6, task: no-such-task}\n", "task", "known tasks: ag-news, bbc-headline-body"),
     ("axes: {model: minilm-l6}\nbudgets: {max_gpu: 3}\n", "budgets.max_gpu", "allowed budgets"),
     ("axes: {model: minilm-l6}\nmatrix: {}\n", "matrix", "unknown grid key"),
     ("axes: {model: minilm-l6, method: oglora, oglora_init: ones}\n", "oglora_init", "allowed: random, zero"),

@@ -86,7 +86,7 @@ def test_qlora_adapter_reloads_onto_a_fresh_quantized_base(tiny_llama64, tmp_pat
 
 
 def test_hub_kernels_are_hidden_while_bitsandbytes_imports():
-    with quantization._no_hub_kernels():
+    with quantization.no_hub_kernels():
         with pytest.raises(ImportError):
             import kernels  # noqa: F401
     assert sys.modules.get("kernels", "absent") != None  # noqa: E711  (restored afterwards)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import tempfile
@@ -13,6 +14,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from .datacard_section import DataCardView, build_datacards
 from .load import Experiments, import_csv, load_runs
 from .sections import Table, build_sections
 from .study import MARGIN, PLATEAU, Context
@@ -73,6 +75,7 @@ def write_report(ex: Experiments, out_dir: Path, title: str) -> Path:
     ctx, sections = build_sections(ex)
     for section in sections:
         section.tables = [_prune(t) for t in section.tables]
+    datacards = _datacards(ex)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(
         enabled_extensions=("html", "j2"), default_for_string=True), trim_blocks=True, lstrip_blocks=True)
     env.filters["sortkey"] = _sortkey
@@ -80,7 +83,7 @@ def write_report(ex: Experiments, out_dir: Path, title: str) -> Path:
     rows = [{"status": r["status"], "cells": [_format(r[c], f) for c, _, f in columns]}
             for _, r in ex.frame.sort_values(["status", "test_id"], ascending=[False, True]).iterrows()]
     html = env.get_template("report.html.j2").render(
-        title=title, subtitle=_subtitle(ex), cards=_cards(ctx), sections=sections,
+        title=title, subtitle=_subtitle(ex), cards=_cards(ctx), sections=sections, datacards=datacards,
         method_notes=[n.replace("{metric}", ctx.metric_name) for n in METHOD_NOTES],
         experiment_columns=[h for _, h, _ in columns], experiment_rows=rows, fmt=_fmt, fmt_p=fmt_p,
         statuses=sorted(ex.frame["status"].dropna().unique()),
@@ -89,9 +92,20 @@ def write_report(ex: Experiments, out_dir: Path, title: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = ex.frame.drop(columns=[c for c in CSV_DROP if c in ex.frame])
     _write_text(out_dir / "results.csv", table.to_csv(index=False))
+    if any(d.card for d in datacards):
+        _write_text(out_dir / "datacards.json", json.dumps([d.card for d in datacards if d.card], indent=1,
+                                                           ensure_ascii=False, default=str))
     index = out_dir / "index.html"
     _write_text(index, html)
     return index
+
+
+def _datacards(ex: Experiments) -> list[DataCardView]:
+    """The data card of every task (datacard_section); a failure here costs the cards, never the report."""
+    try:
+        return build_datacards(ex)
+    except Exception as exc:
+        return [DataCardView("data", "Data", f"No data cards: {type(exc).__name__}: {exc}.")]
 
 
 def _write_text(path: Path, text: str) -> None:
