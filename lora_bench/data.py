@@ -12,7 +12,6 @@ No torch here: collection uses it to check `n` against what each class holds and
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -33,6 +32,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from .cache import cache_dir, file_lock
 from .schema import SpecError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -633,25 +633,6 @@ def _read_hub(source: dict[str, Any], task_name: str = "?") -> tuple[list[tuple[
     return rows, list(names) if names else sorted({lab for _, lab in rows})
 
 
-def cache_dir() -> Path:
-    """lora-bench's cache (as `models.cache_dir`, without importing torch): LORA_BENCH_CACHE, else
-    $XDG_CACHE_HOME/lora-bench, else ~/.cache/lora-bench."""
-    root = os.environ.get("LORA_BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lora-bench")
-    return Path(root)
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def vader_archive() -> Path:
     """The vaderSentiment source archive: LORA_BENCH_VADER if set, else the cache's copy, else fetched
     once from PyPI with `pip download` (PyPI, never the Hugging Face Hub) into the cache."""
@@ -664,7 +645,7 @@ def vader_archive() -> Path:
         return path
     folder = cache_dir() / "vader"
     archive = folder / f"vaderSentiment-{VADER_VERSION}.tar.gz"
-    with _lock(folder / ".fetch.lock"):
+    with file_lock(folder / ".fetch.lock"):
         if archive.exists():
             return archive
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",

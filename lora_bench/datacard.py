@@ -279,12 +279,9 @@ def load_tokenizer(model: str) -> tuple[Any, str]:
 def _converted_folder(gguf: Any) -> Any:
     """The checkpoint folder `models.converted_gguf` made from this GGUF file, if it exists already
     (its tokenizer loads in a second; reading the GGUF takes several)."""
-    import hashlib
+    from .models import converted_folder
 
-    from .models import cache_dir
-
-    tag = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
-    folder = cache_dir() / "converted" / f"{gguf.stem}-{tag}"
+    folder = converted_folder(gguf)
     return folder if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists() else None
 
 

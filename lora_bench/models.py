@@ -7,19 +7,18 @@ take their last non-padding token, as transformers' *ForSequenceClassification d
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from .cache import cache_dir, file_lock
 from .catalog import ModelRef, parse_model
 from .quantization import bnb_config
 
@@ -70,21 +69,10 @@ class LoadedModel:
     weightless: bool = False   # a shape: random weights, so quality is not applicable
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("LORA_BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lora-bench")
-    return Path(root)
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def converted_folder(gguf: Path) -> Path:
+    """Where the checkpoint converted from this GGUF file lives (it may not exist yet)."""
+    tag = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    return cache_dir() / "converted" / f"{gguf.stem}-{tag}"
 
 
 def converted_gguf(gguf: Path) -> Path:
@@ -96,9 +84,8 @@ def converted_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     stat = gguf.stat()
-    tag = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
-    target = cache_dir() / "converted" / f"{gguf.stem}-{tag}"
-    with _file_lock(target.with_suffix(".lock")):
+    target = converted_folder(gguf)
+    with file_lock(target.with_suffix(".lock")):
         if (target / "config.json").exists():
             return target
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -132,7 +119,7 @@ def materialized_shape(ref: ModelRef, device: torch.device) -> Path:
     assert ref.path is not None
     tag = hashlib.sha256(ref.path.read_bytes()).hexdigest()[:12]
     target = cache_dir() / "shapes" / f"{ref.value}-{tag}"
-    with _file_lock(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if (target / "config.json").exists():
             return target
         torch.manual_seed(0)
