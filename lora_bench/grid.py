@@ -208,11 +208,18 @@ def resolve(combo: dict[str, Any], budgets: dict[str, float] | None = None,
             resolved[key] = None
     limits = dict(budgets or {})
     limits.update((method_budgets or {}).get(method, {}))
-    return ExperimentSpec(**resolved, budgets=limits)
+    spec = ExperimentSpec(**resolved, budgets=limits)
+    if data.find_task(spec.task).type == "generation":
+        from .generation import check_generation_spec
+
+        check_generation_spec(spec)
+    return spec
 
 
 def _check_data_sizes(specs: list[ExperimentSpec]) -> None:
     for task in sorted({s.task for s in specs}):
+        if data.find_task(task).type == "generation":
+            continue  # checked per experiment by generation.check_generation_spec
         largest = max(s.n for s in specs if s.task == task)
         limit = data.max_n_per_class(task)
         if largest > limit:

@@ -23,6 +23,10 @@ def now() -> str:
 
 def data_info(spec: ExperimentSpec) -> dict[str, Any]:
     """Exactly which examples an experiment trains and is tested on, with their hashes."""
+    if data.find_task(spec.task).type == "generation":
+        from .generation import generation_data_info
+
+        return generation_data_info(spec)
     task = data.load_task(spec.task)
     train = task.sample(spec.n, spec.seed)
     return {

@@ -100,6 +100,10 @@ def merged_inference(model: torch.nn.Module, spec: ExperimentSpec, loaded: Loade
 
 
 def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str, Any]:
+    if data.find_task(spec.task).type == "generation":
+        from .generation.runner import run as run_generation
+
+        return run_generation(spec, adapter_dir, progress)
     wall_start = time.perf_counter()
     device = pick_device()
     seed_everything(spec.seed)

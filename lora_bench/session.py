@@ -38,6 +38,8 @@ def parse_budget_options(values: list[str]) -> dict[str, float]:
 
 def quality(record: dict[str, Any]) -> str:
     m = record["train_info"]["metrics"]
+    if m.get("chrf") is not None:
+        return f"chrF {m['chrf']:.1f} (base {m.get('base_chrf', float('nan')):.1f})"
     if m.get("accuracy") is None:
         return "quality n/a (weightless shape)"
     return f"acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}"
