@@ -30,6 +30,8 @@ BUDGETS: dict[str, tuple[str, str, str]] = {
     "max_adapter_mb": ("max", "resources.adapter_mb", "MB"),
     "min_accuracy": ("min", "metrics.accuracy", ""),
     "min_macro_f1": ("min", "metrics.macro_f1", ""),
+    "min_chrf": ("min", "metrics.chrf", ""),
+    "min_chrf_gain": ("min", "metrics.chrf_delta_low", ""),  # lower bound of tuned-minus-base chrF (bootstrap)
 }
 
 # Axes that only adapter methods have; for head and full they drop out of the combinations.
