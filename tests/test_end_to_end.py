@@ -14,6 +14,8 @@ def test_lora_on_bbc_headlines_learns_the_topics(tmp_path):
     assert info["metrics"]["accuracy"] > 0.6
     assert info["metrics"]["macro_f1"] > 0.6
     assert info["model"]["pooling"] == "mean"
-    assert info["training"]["padding_fraction"] < 0.3  # length-grouped batches, padded per batch
+    # length-grouped batches padded per batch: about a third padding at batch 32 (padding every
+    # headline to max_length 64 would make it about 0.8)
+    assert info["training"]["padding_fraction"] < 0.4
     assert any(m.startswith("epoch 5/5") for m in progress)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
