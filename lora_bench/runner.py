@@ -3,15 +3,13 @@ evaluation, latency (unmerged and merged), resources and the saved adapter. Retu
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from . import data
+from . import data, determinism
 from .evaluate import evaluate, run_batched
 from .latency import measure_latency
 from .methods import method_module
@@ -40,12 +38,6 @@ def weight_dtype(spec: ExperimentSpec, device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported() and spec.method != "full":
         return torch.bfloat16
     return torch.float32
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def dir_bytes(path: Path) -> int:
@@ -106,7 +98,7 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
         return run_generation(spec, adapter_dir, progress)
     wall_start = time.perf_counter()
     device = pick_device()
-    seed_everything(spec.seed)
+    determinism_info = determinism.configure(spec.seed, determinism.requested(spec))
     task = data.load_task(spec.task)
     train_examples = task.sample(spec.n, spec.seed)
     pad_to = pad_target(spec)
@@ -156,6 +148,7 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
         metrics = {k: None for k in metrics}
         predictions = {k: None for k in predictions}
     return {
+        "determinism": determinism_info,
         "quality": "not applicable: weightless shape" if loaded.weightless else "measured",
         "metrics": metrics,
         "predictions": predictions,

@@ -13,7 +13,6 @@ from lora_bench import quantization
 from lora_bench.grid import resolve
 from lora_bench.methods import method_module
 from lora_bench.models import load_classifier
-from lora_bench.resources import parameter_counts
 from lora_bench.runner import prepare_base
 from lora_bench.targets import resolve_targets
 

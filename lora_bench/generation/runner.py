@@ -17,7 +17,8 @@ import torch
 
 from ..quantization import frozen_weight_bytes, logical_parameters
 from ..resources import parameter_counts, peak_memory, reset_peak
-from ..runner import dir_bytes, pick_device, seed_everything, weight_dtype
+from .. import determinism
+from ..runner import dir_bytes, pick_device, weight_dtype
 from ..schema import ADAPTER_METHODS, ExperimentSpec
 from ..targets import resolve_targets
 from ..train import autocast_for
@@ -111,7 +112,7 @@ def merged_speed(model: torch.nn.Module, spec: ExperimentSpec, formatter: Format
 def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str, Any]:
     wall_start = time.perf_counter()
     device = pick_device()
-    seed_everything(spec.seed)
+    determinism.configure(spec.seed, determinism.requested(spec))
     gen = gen_data.load(spec.task)
     task = gen.task
     train_examples = gen.sample(spec.n, spec.seed)
