@@ -21,6 +21,12 @@ ADAPTER_METHODS = frozenset(METHODS[2:])
 BITS = ("16", "8", "4-nf4", "4-fp4", "4-nf4-dq", "4-fp4-dq")
 TARGET_SETS = ("qv", "qkv", "qkvo", "all-linear")
 PADDINGS = ("longest", "max_length")  # pad each batch to its longest text, or every text to max_length
+# How an experiment trains: lora-bench's own loop; `plain`, a straightforward peft + transformers
+# loop; `naive`, the origin study's pipeline (Trainer, batch 4, every text padded to 256, fp16).
+RECIPES = ("lora-bench", "plain", "naive")
+# torch.compile in the lora-bench recipe: off; `layers`, each decoder/encoder layer compiled once
+# (regional compilation, seconds); `graphs`, the whole model captured into CUDA graphs per padded length.
+COMPILE_MODES = ("off", "layers", "graphs")
 
 # Budget name -> ("max" | "min", record metric path, unit shown in messages)
 BUDGETS: dict[str, tuple[str, str, str]] = {
@@ -69,6 +75,9 @@ AXES: dict[str, str] = {
     "kbit_prepare": "bool",
     "max_steps": "int>=1",
     "oglora_init": "choice",
+    "recipe": "choice",
+    "compile": "choice",
+    "devices": "int>=1",
 }
 # Axes whose value may be null (no limit).
 OPTIONAL_AXES = frozenset({"max_steps"})
@@ -111,6 +120,9 @@ class ExperimentSpec:
     kbit_prepare: bool | None = None
     max_steps: int | None = None
     oglora_init: str | None = None
+    recipe: str = "lora-bench"
+    compile: str = "off"
+    devices: int = 1
     budgets: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,7 +179,8 @@ def test_id(spec: ExperimentSpec, varying: tuple[str, ...] = ()) -> str:
     short = {"alpha": "a", "dropout": "d", "epochs": "e", "lr": "lr", "batch_size": "b", "grad_accum": "ga",
              "max_length": "len", "weight_decay": "wd", "warmup_ratio": "wu", "latency_rounds": "lat",
              "timeout_s": "to", "loraplus_ratio": "lpr", "padding": "pad", "grad_checkpointing": "gc",
-             "kbit_prepare": "kp", "max_steps": "steps", "oglora_init": "init"}
+             "kbit_prepare": "kp", "max_steps": "steps", "oglora_init": "init",
+             "recipe": "", "compile": "compile-", "devices": "gpu"}
     for key in varying:
         if key in fixed:
             continue
@@ -240,7 +253,8 @@ def check_value(key: str, value: Any) -> Any:
             raise SpecError(key, value, "a non-empty string")
         return value
     if kind == "choice":
-        allowed = {"method": METHODS, "bits": BITS, "padding": PADDINGS, "oglora_init": OGLORA_INITS}[key]
+        allowed = {"method": METHODS, "bits": BITS, "padding": PADDINGS, "oglora_init": OGLORA_INITS,
+                   "recipe": RECIPES, "compile": COMPILE_MODES}[key]
         value = str(value)
         if value not in allowed:
             raise SpecError(key, value, f"allowed: {', '.join(allowed)}")
