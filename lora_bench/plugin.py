@@ -1,5 +1,6 @@
 """The pytest plugin: `--lb-*` options, grid expansion into parametrized tests with ids and
-`lb(...)` markers, the `lb_experiment` fixture, and the end-of-run summary."""
+`lb(...)` markers, `--lb-shard` selection, the `lb_experiment` fixture, and the end-of-run summary.
+Under pytest-xdist, `lora_bench.workers` pins each worker's GPU and gathers records in the controller."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from . import shard, workers
 from .data import find_task
 from .schema import ExperimentSpec, marker_kwargs
 from .session import BenchSession
@@ -29,14 +31,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run every experiment again, even where a stored record matches")
     group.addoption("--lb-budget", dest="lb_budget", action="append", default=[], metavar="NAME=VALUE",
                     help="override a budget for every experiment, e.g. --lb-budget max_peak_gib=4")
+    group.addoption("--lb-shard", dest="lb_shard", default=None, metavar="i/N",
+                    help="run shard i of N (1 <= i <= N): the grid split into N parts balanced by predicted cost, "
+                         "the same split on every host")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    workers.configure_process(config)  # first: an xdist worker pins its GPU before anything starts CUDA
     config.addinivalue_line("markers", "lb(model, task, method, bits, rank, targets, n, seed): "
                                        "a lora-bench experiment; select with -m \"lb(method='lora')\"")
     config.addinivalue_line("markers", "lb_task_type(kind): the task type a bench test runs")
     config.addinivalue_line("markers", "lb_no_experiment: a bench test with nothing to run in this grid")
     config.stash[_SESSION] = BenchSession(config)
+    if session_of(config).controller:
+        config.pluginmanager.register(workers.Controller(session_of(config)), "lora-bench-controller")
 
 
 def session_of(config: pytest.Config) -> BenchSession:
@@ -64,14 +72,37 @@ def task_type(task: str) -> str:
     return find_task(task).type
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m: a shard is a share of what was selected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if session_of(config).grid_error is not None:
-        raise session_of(config).grid_error
+    session = session_of(config)
+    if session.grid_error is not None:
+        raise session.grid_error
     # a bench test whose task type has no experiment in this grid is not a skipped test: drop it
     empty = [item for item in items if item.get_closest_marker("lb_no_experiment")]
     if empty:
         config.hook.pytest_deselected(items=empty)
         items[:] = [item for item in items if item not in empty]
+    experiments = {item.callspec.id: item for item in items if _spec(item) is not None}
+    if not experiments or (session.shard is None and session.worker is None):
+        return
+    costs, source = shard.costs([_spec(item) for item in experiments.values()])
+    cost = dict(zip(experiments, costs))
+    if session.shard is not None:
+        index, count = session.shard
+        mine = set(shard.split(cost, count)[index - 1])
+        others = [item for test_id, item in experiments.items() if test_id not in mine]
+        if others:
+            config.hook.pytest_deselected(items=others)
+            items[:] = [item for item in items if _spec(item) is None or item.callspec.id in mine]
+        session.shard_note = (f"lora-bench shard {index}/{count}: {len(mine)} of {len(experiments)} experiments, "
+                              f"{sum(cost[t] for t in mine) / (sum(costs) or 1):.0%} of the predicted cost ({source})")
+    if session.worker is not None:  # costliest first: xdist hands tests out in collection order
+        items.sort(key=lambda item: -cost.get(item.callspec.id, 0.0) if _spec(item) is not None else 0.0)
+
+
+def _spec(item: pytest.Item) -> ExperimentSpec | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("lb_spec") if callspec is not None else None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -79,6 +110,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     specs = [item.callspec.params["lb_spec"] for item in session.items if "lb_spec" in getattr(item, "fixturenames", ())]
     session_of(config).total = len(specs)
+    if session_of(config).shard_note:
+        session_of(config).say(session_of(config).shard_note)
     if not specs or config.getoption("collectonly"):
         return
     from .datacard import preflight_lines
@@ -95,11 +128,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 class Experiment:
     """What a bench test gets: its spec and id, `run()`, and the assertions on the record."""
 
-    def __init__(self, session: BenchSession, spec: ExperimentSpec, test_id: str):
-        self.session, self.spec, self.test_id = session, session.spec_with_budgets(spec), test_id
+    def __init__(self, session: BenchSession, spec: ExperimentSpec, test_id: str, node: pytest.Item):
+        self.session, self.spec, self.test_id, self.node = session, session.spec_with_budgets(spec), test_id, node
 
     def run(self) -> dict[str, Any]:
-        return self.session.run_experiment(self.spec, self.test_id)
+        record = self.session.run_experiment(self.spec, self.test_id)
+        if self.session.worker is not None:  # the report tells the xdist controller where the record is
+            self.node.user_properties.append((workers.RECORD_PROPERTY, self.session.record_info(record)))
+        return record
 
     @staticmethod
     def assert_ok(record: dict[str, Any]) -> None:
@@ -122,7 +158,7 @@ def lb_spec() -> ExperimentSpec:
 
 @pytest.fixture
 def lb_experiment(request: pytest.FixtureRequest, lb_spec: ExperimentSpec) -> Experiment:
-    return Experiment(session_of(request.config), lb_spec, request.node.callspec.id)
+    return Experiment(session_of(request.config), lb_spec, request.node.callspec.id, request.node)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

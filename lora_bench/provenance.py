@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -19,6 +20,7 @@ PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "data
             "lora-bench")
 # versions that can change a result; part of the resume key
 KEY_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
+WORKER_ENV = "LORA_BENCH_WORKER"   # set by a pytest-xdist worker (lora_bench.workers) for its experiments
 SOURCE_DIR = Path(__file__).resolve().parent
 
 
@@ -60,8 +62,11 @@ def source_hash() -> str:
 
 
 def host_info() -> dict[str, Any]:
+    """The machine, and under pytest-xdist the worker and the GPU it pinned (lora_bench.workers)."""
     return {"hostname": socket.gethostname(), "platform": platform.platform(), "machine": platform.machine(),
-            "python": sys.version.split()[0], "cpu_count": __import__("os").cpu_count()}
+            "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+            "worker": os.environ.get(WORKER_ENV),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def device_info(device: Any) -> dict[str, Any]:

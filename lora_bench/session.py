@@ -1,8 +1,13 @@
 """The bench session: the grid being run, the run folder, reuse of stored results, budgets
-from the command line, and the per-experiment flow (run isolated, judge budgets, store)."""
+from the command line, and the per-experiment flow (run isolated, judge budgets, store).
+
+Under pytest-xdist (`lora_bench.workers`) the controller's session runs no experiment: it names the
+run folder, gathers the records its workers report, and alone writes run.json's final state and the
+report."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -13,11 +18,13 @@ import pytest
 
 from . import budgets as budget_rules
 from . import record as rec
+from . import workers
 from .grid import Grid, GridError, load_grid
 from .isolate import run_isolated
-from .provenance import device_class, git_info, host_info, versions
+from .provenance import device_class, git_info, host_info, source_hash, versions
 from .schema import ExperimentSpec, SpecError, check_budgets
-from .storage import RunStore, atomic_write_json
+from .shard import parse_shard
+from .storage import RunStore, atomic_write_json, new_run_id
 
 
 def parse_budget_options(values: list[str]) -> dict[str, float]:
@@ -54,13 +61,26 @@ class BenchSession:
         self.rerun: bool = config.getoption("lb_rerun")
         self.run_id: str | None = config.getoption("lb_run_id")
         self.budget_overrides = parse_budget_options(config.getoption("lb_budget") or [])
+        try:
+            self.shard = parse_shard(config.getoption("lb_shard")) if config.getoption("lb_shard") else None
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        self.worker = workers.worker_id(config)          # gw0, gw1 ... in an xdist worker
+        self.controller = workers.is_controller(config)  # hands the tests to xdist workers
+        self.workers = workers.worker_count(config)
         self._grid: Grid | None = None
         self.grid_error: pytest.UsageError | None = None
         self._store: RunStore | None = None
         self._device_class: str | None = None
         self.results: list[dict[str, Any]] = []
         self.started = rec.now()
+        self.argv = sys.argv
+        self._run_dir: Path | None = None
+        if self.worker is not None:
+            self.started, self._run_dir = workers.handed(config)["started"], Path(workers.handed(config)["run_dir"])
+            self.argv = config.workerinput["mainargv"]  # type: ignore[attr-defined]
         self.total = 0
+        self.shard_note = ""
         self.report = ""
 
     @property
@@ -77,16 +97,29 @@ class BenchSession:
             return spec
         return ExperimentSpec.from_dict({**spec.to_dict(), "budgets": {**spec.budgets, **self.budget_overrides}})
 
+    def _open_run(self) -> RunStore:
+        try:
+            return RunStore.open(self.out, self.resume or "latest")
+        except FileNotFoundError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    @property
+    def run_dir(self) -> Path:
+        """Under xdist, the run folder every worker writes into: named by the controller before any
+        worker starts (resolving `--lb-resume latest` once), made by whichever process needs it first."""
+        if self._run_dir is None:
+            self._run_dir = self._open_run().dir if self.resume else self.out / (self.run_id or new_run_id())
+        return self._run_dir
+
     @property
     def store(self) -> RunStore:
         if self._store is None:
-            if self.resume:
-                try:
-                    self._store = RunStore.open(self.out, self.resume)
-                except FileNotFoundError as exc:
-                    raise pytest.UsageError(str(exc)) from None
-            else:
-                self._store = RunStore.create(self.out, self.run_id)
+            if self.worker is not None or self.controller:
+                self._store, made = RunStore.join(self.run_dir)
+                if made:
+                    self.write_run_info(finished=None)
+                return self._store
+            self._store = self._open_run() if self.resume else RunStore.create(self.out, self.run_id)
             self.write_run_info(finished=None)
         return self._store
 
@@ -94,22 +127,26 @@ class BenchSession:
         assert self._store is not None
         previous = self._store.read_run_info()
         grid = self.grid
+        sessions = previous.get("sessions", [])
+        if not sessions or sessions[-1].get("started") != self.started:
+            sessions.append({"started": self.started, "resumed": bool(self.resume)})
         info = {
             "run_id": self._store.run_id,
             "grid": {"name": grid.name, "path": str(grid.path), "text": grid.path.read_text(),
                      "experiments": len(grid.specs), "dropped": grid.dropped},
-            "command_line": sys.argv,
+            "command_line": self.argv,
             "started": previous.get("started", self.started),
-            "sessions": previous.get("sessions", []) + ([] if finished else [{"started": self.started,
-                                                                               "resumed": bool(self.resume)}]),
+            "sessions": sessions,
             "finished": finished,
             "host": host_info(),
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+            "workers": self.workers,
             "git": git_info(),
             "versions": versions(),
             "budget_overrides": self.budget_overrides,
         }
         if finished:
-            info["sessions"][-1]["finished"] = finished
+            sessions[-1]["finished"] = finished
             info["counts"] = self.counts()
         atomic_write_json(self._store.dir / "run.json", info)
 
@@ -175,8 +212,51 @@ class BenchSession:
         self.results.append(record)
         return record
 
+    def record_info(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What an xdist worker's test report tells the controller about its record."""
+        path = self.store.record_path(record["test_id"], record["run_info"]["spec_hash"])
+        return {"path": str(path), "reused": bool(record.get("reused")), "budgets": record["budgets"]}
+
+    def collect(self, info: dict[str, Any], seconds: float) -> None:
+        """The controller takes a record a worker reported (budgets as the worker judged them)."""
+        record = json.loads(Path(info["path"]).read_text())
+        record["budgets"] = info["budgets"]
+        if info["reused"]:
+            record["reused"] = True
+        self._store = self._store or RunStore(self.run_dir.parent, self.run_dir.name)  # for run.json, the report
+        self.results.append(record)
+        worker = (record["meta_info"].get("host") or {}).get("worker") or "?"
+        prefix = f"[lora-bench {len(self.results)} {worker}] {record['test_id']}"
+        if record["status"] == "ok":
+            self.say(f"{prefix}: {quality(record)}" + (" (reused)" if info["reused"] else f" in {seconds:.1f} s"))
+        else:
+            self.say(f"{prefix}: {record['status'].upper()}: {record['reason']}")
+
+    def record_crash(self, test_id: str, worker: str) -> dict[str, Any] | None:
+        """The record of an experiment whose xdist worker died: the one its process wrote this session
+        if it got that far, else a failed one written here. None for a test that is no experiment."""
+        try:
+            spec = self.spec_with_budgets(self.grid.specs[self.grid.ids.index(test_id)])
+        except ValueError:
+            return None
+        path = self.store.record_path(test_id, spec.spec_hash)
+        stored = json.loads(path.read_text()) if path.exists() else None
+        if stored is not None and stored["run_info"]["started"] >= self.started:
+            return self.record_info(stored)
+        data = rec.data_info(spec)
+        record = rec.new_record(spec, test_id, self.store.run_id, rec.record_key(spec, data, self.device), data)
+        host = {**host_info(), "worker": worker,
+                "cuda_visible_devices": workers.device_for(worker, os.environ.get("CUDA_VISIBLE_DEVICES"))}
+        meta = {"versions": versions(), "git": git_info(), "host": host, "device": {"class": self.device},
+                "source_hash": source_hash()}
+        rec.finish(record, "failed", f"worker crashed: pytest-xdist worker {worker} died while running this "
+                                     "experiment (killed, or the host ran out of memory)", None, meta)
+        self.store.write_record(record)
+        return self.record_info(record)
+
     def finish(self) -> None:
-        if self._store is not None:
+        """run.json's final state and the report; an xdist worker leaves both to the controller."""
+        if self._store is not None and self.worker is None:
             self.write_run_info(finished=rec.now())
             self.report = self.render_report()
 
@@ -191,19 +271,21 @@ class BenchSession:
             return f"report: FAILED to render ({type(exc).__name__}: {exc}); records are intact"
 
     def summary_lines(self) -> list[str]:
-        if self._store is None:
+        if self._store is None or self.worker is not None:
             return []
         c = self.counts()
         lines = [f"lora-bench run {self._store.run_id}: {len(self.results)} experiments, {c['ok']} ok, "
                  f"{c['failed']} failed, {c['skipped']} skipped, {c['over_budget']} over budget, {c['reused']} reused",
                  f"records: {os.path.relpath(self._store.records_dir)}", self.report]
         for r in self.results:
+            worker = (r["meta_info"].get("host") or {}).get("worker")
+            where = f"  [{worker}]" if worker else ""
             if r["status"] == "ok":
                 res = r["train_info"]["resources"]
                 lines.append(f"  {r['test_id']:<60} {quality(r)}  "
                              f"peak {res['peak_memory_gib']:.2f} GiB  train {res['train_seconds']:.1f} s  "
                              f"p95 {r['train_info']['latency']['p95_ms']:.1f} ms"
-                             + ("  OVER BUDGET" if r["budgets"]["over_budget"] else ""))
+                             + ("  OVER BUDGET" if r["budgets"]["over_budget"] else "") + where)
             else:
-                lines.append(f"  {r['test_id']:<60} {r['status'].upper()}: {r['reason']}")
+                lines.append(f"  {r['test_id']:<60} {r['status'].upper()}: {r['reason']}{where}")
         return lines

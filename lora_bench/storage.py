@@ -49,6 +49,21 @@ class RunStore:
         return store
 
     @classmethod
+    def join(cls, run_dir: Path) -> tuple[RunStore, bool]:
+        """The run folder a pytest-xdist controller named for its workers. Whichever process needs it
+        first makes it (and moves the LATEST marker); the second value says whether this one did."""
+        run_dir = Path(run_dir)
+        store = cls(run_dir.parent, run_dir.name)
+        try:
+            store.dir.mkdir(parents=True)
+        except FileExistsError:
+            store.records_dir.mkdir(exist_ok=True)
+            return store, False
+        store.records_dir.mkdir()
+        (store.root / LATEST).write_text(store.run_id + "\n")
+        return store, True
+
+    @classmethod
     def open(cls, root: Path, run_id: str) -> RunStore:
         root = Path(root)
         if run_id == "latest":

@@ -1,0 +1,119 @@
+"""pytest-xdist: `pytest bench -n <k> --dist worksteal` runs one worker per GPU on one host.
+
+- The controller names the run folder and hands it to every worker (`pytest_configure_node`), so all
+  records land in one run; the first process that needs the folder makes it. Only the controller
+  writes run.json's final state and renders the report, from the records its workers report: each
+  bench test's report carries where its record is (`RECORD_PROPERTY`).
+- Each worker pins its GPU in `pytest_configure`, before anything starts CUDA: worker `gwK` takes the
+  K-th visible device (the K-th entry of a CUDA_VISIBLE_DEVICES already set, modulo their number), and
+  the experiment processes it starts inherit the pin.
+- A worker that dies loses only the experiment it was running: the controller records it as failed.
+- pytest-benchmark switches itself off under xdist; nothing here needs it (latency is timed by
+  `lora_bench.latency`, which borrows only pytest-benchmark's statistics).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .provenance import WORKER_ENV
+
+if TYPE_CHECKING:
+    from .session import BenchSession
+
+WORKER_INPUT = "lora_bench"              # workerinput key: the run folder and the controller's start time
+RECORD_PROPERTY = "lora_bench_record"    # user property of a bench test's report: its record's path
+
+
+def worker_id(config: pytest.Config) -> str | None:
+    """`gw0`, `gw1` ... in an xdist worker; None elsewhere."""
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput is not None else None
+
+
+def handed(config: pytest.Config) -> dict[str, Any]:
+    """What the controller handed this worker: {"run_dir": ..., "started": ...}."""
+    return config.workerinput[WORKER_INPUT]  # type: ignore[attr-defined]
+
+
+def is_controller(config: pytest.Config) -> bool:
+    """Whether this process hands tests to xdist workers (`-n k` with k >= 1) instead of running them."""
+    return (not hasattr(config, "workerinput") and not config.getoption("collectonly")
+            and config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None)))
+
+
+def worker_count(config: pytest.Config) -> int | None:
+    if hasattr(config, "workerinput"):
+        return int(config.workerinput["workercount"])  # type: ignore[attr-defined]
+    return len(config.getoption("tx")) if is_controller(config) else None
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs on this host, from `nvidia-smi -L` (which starts no CUDA context); 0 without a driver."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def device_for(worker: str, visible: str | None, count: int | None = None) -> str | None:
+    """The CUDA device of worker `gwK`: the K-th entry of `visible` (CUDA_VISIBLE_DEVICES) modulo their
+    number, or of the host's `count` GPUs when nothing restricts them; None where there is no GPU."""
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        devices = [str(i) for i in range(gpu_count() if count is None else count)]
+    if not devices:
+        return None
+    return devices[int(re.sub(r"\D", "", worker) or 0) % len(devices)]
+
+
+def configure_process(config: pytest.Config) -> None:
+    """A worker pins its GPU and names itself for the experiments' provenance; any other process
+    clears a worker name it may have inherited (a bench run started from a worker's test)."""
+    worker = worker_id(config)
+    if worker is None:
+        os.environ.pop(WORKER_ENV, None)
+        return
+    os.environ[WORKER_ENV] = worker
+    device = device_for(worker, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+
+
+def crashed_test_id(nodeid: str) -> str | None:
+    match = re.search(r"\[(.+)\]$", nodeid)
+    return match.group(1) if match else None
+
+
+class Controller:
+    """The controller's side: hand the run folder out, gather every reported record, and record the
+    experiment of a worker that died."""
+
+    def __init__(self, session: BenchSession):
+        self.session = session
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[WORKER_INPUT] = {"run_dir": str(self.session.run_dir), "started": self.session.started}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        test_id = crashed_test_id(crashitem)
+        worker = report.node.gateway.id  # type: ignore[attr-defined]
+        info = self.session.record_crash(test_id, worker) if test_id else None
+        if info is not None:
+            report.user_properties = [*report.user_properties, (RECORD_PROPERTY, info)]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when not in ("call", "???"):  # "???": xdist's report for a crashed worker's test
+            return
+        info = dict(report.user_properties).get(RECORD_PROPERTY)
+        if info is not None:
+            self.session.collect(info, report.duration)
