@@ -12,16 +12,22 @@ from .storage import RunStore
 
 
 def records_table(run_dirs: list[str]):
-    """One row per record of the given run folders (or `latest` under reports/)."""
+    """One row per record of the given run folders, or folders of runs (`latest`: the latest under reports/)."""
     import pandas as pd
 
+    from .report.load import expand_run_dirs, ran_on
+
     rows = []
-    for name in run_dirs:
-        store = RunStore.open(Path("reports"), name) if name == "latest" else RunStore.open(Path(name).parent, Path(name).name)
+    dirs = [RunStore.open(Path("reports"), "latest").dir if name == "latest" else Path(name) for name in run_dirs]
+    for run_dir in expand_run_dirs(dirs):
+        store = RunStore(run_dir.parent, run_dir.name)
+        shard = store.read_run_info().get("shard")
         for r in store.records():
             spec = r["run_info"]["spec"]
+            host = r["meta_info"].get("host") or {}
             row = {"run": store.run_id, "test_id": r["test_id"], "status": r["status"], **{
-                k: spec[k] for k in ("model", "method", "bits", "rank", "n", "seed", "lr", "batch_size", "epochs")}}
+                k: spec[k] for k in ("model", "method", "bits", "rank", "n", "seed", "lr", "batch_size", "epochs")},
+                "ran_on": ran_on(host.get("hostname"), shard, host.get("worker"), host.get("cuda_visible_devices"))}
             if r["status"] == "ok":
                 info = r["train_info"]
                 row.update(accuracy=info["metrics"]["accuracy"], macro_f1=info["metrics"]["macro_f1"],
@@ -39,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lora-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     summary = sub.add_parser("summary", help="a table of the records of one or more run folders")
-    summary.add_argument("runs", nargs="*", default=["latest"], help="run folders (default: the latest under reports/)")
+    summary.add_argument("runs", nargs="*", default=["latest"],
+                         help="run folders, or folders holding run folders (default: the latest under reports/)")
     summary.add_argument("--csv", type=Path, help="also write the table as CSV")
     add_report_parser(sub)
     add_data_parser(sub)

@@ -52,12 +52,14 @@ def load_runs(run_dirs: list[Path]) -> Experiments:
     """Every record of the given run folders (a folder holding `records/`, or a root holding run
     folders, such as `reports/tune`), merged, with each run's provenance."""
     rows, runs, predictions = [], [], {}
-    for run_dir in _expand(run_dirs):
+    for run_dir in expand_run_dirs(run_dirs):
         info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
         run_name = info.get("run_id") or run_dir.name
         records = [json.loads(p.read_text()) for p in sorted((run_dir / "records").glob("*.json"))]
         for record in records:
             row = record_row(record, run_name)
+            row["shard"] = info.get("shard")
+            row["ran_on"] = ran_on(row["host"], row["shard"], row["worker"], row["cuda_devices"])
             rows.append(row)
             preds = (record.get("train_info") or {}).get("predictions") or {}
             if preds.get("test") is not None and preds.get("test_labels") is not None:
@@ -66,7 +68,8 @@ def load_runs(run_dirs: list[Path]) -> Experiments:
     return Experiments(finish_frame(pd.DataFrame(rows)), runs, predictions)
 
 
-def _expand(run_dirs: list[Path]) -> list[Path]:
+def expand_run_dirs(run_dirs: list[Path]) -> list[Path]:
+    """Run folders, and the run folders inside a folder of runs (`reports/shard-*` after sharding)."""
     out = []
     for d in map(Path, run_dirs):
         if (d / "records").is_dir():
@@ -123,9 +126,16 @@ def _provenance_columns(meta: dict[str, Any]) -> dict[str, Any]:
     device = meta.get("device") or {}
     versions = meta.get("versions") or {}
     git = meta.get("git") or {}
-    return {"device": device_label(device), "host": (meta.get("host") or {}).get("hostname"),
-            "git_commit": (git.get("commit") or "")[:10] or None, "git_dirty": git.get("dirty"),
+    host = meta.get("host") or {}
+    return {"device": device_label(device), "host": host.get("hostname"), "worker": host.get("worker"),
+            "cuda_devices": host.get("cuda_visible_devices"), "git_commit": (git.get("commit") or "")[:10] or None, "git_dirty": git.get("dirty"),
             **{f"v_{k}": versions.get(k) for k in ("torch", "transformers", "peft", "bitsandbytes")}}
+
+
+def ran_on(host: str | None, shard: str | None, worker: str | None, cuda_devices: str | None) -> str | None:
+    """`node17 · shard 2/4 · gw1 · GPU 1`: where an experiment ran, for merged shards and xdist workers."""
+    parts = [host, f"shard {shard}" if shard else None, worker, f"GPU {cuda_devices}" if cuda_devices else None]
+    return " · ".join(p for p in parts if p) or None
 
 
 def device_label(device: dict[str, Any]) -> str | None:
@@ -146,7 +156,8 @@ def _run_provenance(run_name: str, run_dir: Path, info: dict[str, Any],
     return {"run": run_name, "source": str(run_dir), "grid": (info.get("grid") or {}).get("name"),
             "started": info.get("started"), "finished": info.get("finished"),
             "host": (info.get("host") or {}).get("hostname"), "python": (info.get("host") or {}).get("python"),
-            "platform": (info.get("host") or {}).get("platform"), "devices": ", ".join(devices) or None,
+            "platform": (info.get("host") or {}).get("platform"), "shard": info.get("shard"),
+            "workers": info.get("workers"), "devices": ", ".join(devices) or None,
             "commits": ", ".join(commits) or None, "records": len(records),
             "failed": sum(r["status"] != "ok" for r in records),
             **{f"versions.{k}": v for k, v in (info.get("versions") or {}).items()}}

@@ -31,7 +31,7 @@ EXPERIMENT_COLUMNS = (("test_id", "experiment", None), ("run", "run", None), ("s
                       ("macro_f1", "macro F1", "q"), ("val_accuracy", "val acc", "q"), ("loss", "loss", "q"),
                       ("peak_memory_gib", "peak GiB", "g"), ("train_seconds", "train s", "g"),
                       ("latency_p95_ms", "p95 ms", "g"), ("trainable_params", "trainable", "int"),
-                      ("adapter_mb", "adapter MB", "g"), ("device", "device", None),
+                      ("adapter_mb", "adapter MB", "g"), ("device", "device", None), ("ran_on", "ran on", None),
                       ("over_budget", "over budget", None), ("violations", "budget violations", None),
                       ("reason", "failure", None))
 CSV_DROP = ("config", "label")

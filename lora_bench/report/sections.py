@@ -442,7 +442,7 @@ def spearman_matrix(ctx: Context, points: pd.DataFrame) -> list[list[Any]]:
 
 # ------------------------------------------------------------------------------------------------ 7 budgets, provenance
 
-PROVENANCE_SKIP = ("run", "source", "started", "finished", "records", "failed")
+PROVENANCE_SKIP = ("run", "source", "started", "finished", "records", "failed", "shard", "workers")
 KEY_VERSIONS = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "numpy", "pandas")
 
 
@@ -498,7 +498,8 @@ def section_runs(ctx: Context) -> Section:
         tables.append(Table("Failed and skipped experiments", ["experiment", "run", "status", "reason"],
                             [[r["test_id"], r["run"], r["status"], str(r["reason"] or "no reason recorded")]
                              for _, r in pd.concat([failed, skipped]).iterrows()]))
-    columns = ["run", "source", "grid", "host", "devices", "commits", "started", "finished", "records", "failed"]
+    columns = ["run", "source", "grid", "host", "shard", "workers", "devices", "commits", "started", "finished",
+               "records", "failed"]
     present = [c for c in columns if any(run.get(c) not in (None, "") for run in runs)]
     tables.append(Table("Runs", present, [[str(run.get(c, "") if run.get(c) is not None else "–") for c in present]
                                           for run in runs]))
@@ -511,12 +512,22 @@ def section_runs(ctx: Context) -> Section:
                      "of each is analysed.")
     if len(runs) == 1:
         notes.append("One run: no differences between runs to show.")
+    if any(r.get("shard") or r.get("workers") for r in runs):
+        notes.append("Where the runs ran: " + "; ".join(where_ran(r) for r in runs) + ".")
     packages = [k for k in ("python", *[f"versions.{p}" for p in KEY_VERSIONS]) if any(r.get(k) for r in runs)]
     if packages:
         tables.append(Table("Versions per run", ["run", *[k.removeprefix("versions.") for k in packages]],
                             [[r["run"], *[str(r.get(k) or "–") for k in packages]] for r in runs]))
     return Section("runs", 7, title, question, finding, chart, tables, [], notes,
                    {"failed": len(failed), "over_budget": len(over), "differing": differing})
+
+
+def where_ran(run: dict[str, Any]) -> str:
+    """`run A: shard 1/2 on node17 with 2 pytest-xdist workers, 9 experiments`."""
+    text = f"run {run['run']}: " + (f"shard {run['shard']} on " if run.get("shard") else "on ") + str(run.get("host") or "?")
+    if run.get("workers"):
+        text += f" with {run['workers']} pytest-xdist workers"
+    return text + f", {run.get('records', 0)} experiments"
 
 
 def differing_fields(runs: list[dict[str, Any]]) -> list[str]:
