@@ -1,0 +1,107 @@
+"""pytest-xdist on CPU workers: one run folder and one report for all workers, run.json written by the
+controller, each record naming its worker and timed without pytest-benchmark (which xdist switches
+off), a killed worker costing only its own experiment; and the GPU each worker pins."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lora_bench import workers
+from lora_bench.grid import load_grid
+from lora_bench.provenance import WORKER_ENV
+
+from .conftest import write_grid
+from .test_bench_runs import bench, records, run
+
+
+@pytest.fixture
+def head_grid(tmp_path, tiny_bert, csv_task) -> Path:
+    return write_grid(tmp_path, f"""
+        name: tiny-head
+        axes:
+          model: {tiny_bert}
+          task: {csv_task}
+          method: head
+          n: [5, 10]
+          seed: [0, 1]
+          latency_rounds: 3
+        """)
+
+
+@pytest.mark.parametrize(("worker", "visible", "count", "device"), [
+    ("gw0", None, 2, "0"), ("gw1", None, 2, "1"), ("gw3", None, 2, "1"),      # one worker per GPU, wrapping
+    ("gw1", "4,5,6", 8, "5"), ("gw4", "4, 5, 6", 8, "5"),                     # the k-th of those already visible
+    ("gw1", "GPU-aa,GPU-bb", 8, "GPU-bb"),                                    # UUIDs too
+    ("gw0", None, 0, None), ("gw0", "", 2, None),                             # no GPU: nothing to pin
+])
+def test_each_worker_takes_its_own_visible_device(worker, visible, count, device):
+    assert workers.device_for(worker, visible, count) == device
+
+
+def test_a_worker_pins_its_gpu_and_names_itself_before_cuda_starts(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.delenv(WORKER_ENV, raising=False)
+    workers.configure_process(SimpleNamespace(workerinput={"workerid": "gw1"}))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3" and os.environ[WORKER_ENV] == "gw1"
+    workers.configure_process(SimpleNamespace())  # not a worker: an inherited name goes, the devices stay
+    assert WORKER_ENV not in os.environ and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_two_workers_write_one_run_and_one_report(tmp_path, head_grid):
+    out = tmp_path / "reports"
+    result = run(bench(head_grid, out, "-n", "2", "--dist", "worksteal"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    (run_dir,) = [d for d in out.iterdir() if d.is_dir()]
+    assert (out / "LATEST").read_text().strip() == run_dir.name
+    found = records(out)
+    assert len(found) == 4 and all(r["status"] == "ok" for r in found)
+    assert {r["meta_info"]["host"]["worker"] for r in found} == {"gw0", "gw1"}
+    for r in found:  # timed by lora-bench itself: pytest-benchmark is off under xdist
+        assert r["train_info"]["resources"]["train_seconds"] > 0 and r["train_info"]["latency"]["p95_ms"] > 0
+        assert r["train_info"]["latency"]["stats"]["rounds"] == 3
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["workers"] == 2 and info["host"]["worker"] is None  # the controller's, written at the end
+    assert info["counts"] == {"ok": 4, "failed": 0, "skipped": 0, "over_budget": 0, "reused": 0}
+    assert len(info["sessions"]) == 1 and info["finished"] == info["sessions"][0]["finished"]
+    assert "-n" in info["command_line"]
+    assert (run_dir / "index.html").exists() and (run_dir / "results.csv").exists()
+    assert [line for line in result.stdout.splitlines() if line.startswith("report: ")] == [
+        f"report: {os.path.relpath(run_dir / 'index.html', Path(__file__).resolve().parent.parent)}"]
+    summary = result.stdout.split("lora-bench run ")[1]
+    assert summary.startswith(f"{run_dir.name}: 4 experiments, 4 ok")
+    assert all(summary.count(r["test_id"]) == 1 for r in found)
+
+
+KILLER = textwrap.dedent("""
+    import os
+    import signal
+
+
+    def pytest_runtest_setup(item):
+        if os.environ.get("PYTEST_XDIST_WORKER") and item.nodeid.endswith("[" + os.environ["KILL_TEST"] + "]"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+
+
+def test_a_killed_worker_loses_only_its_experiment(tmp_path, head_grid, monkeypatch):
+    (tmp_path / "kill_worker.py").write_text(KILLER)
+    victim = load_grid(str(head_grid)).ids[-1]
+    monkeypatch.setenv("KILL_TEST", victim)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    out = tmp_path / "reports"
+    result = run(bench(head_grid, out, "-n", "2", "-p", "kill_worker"))
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert f"crashed while running 'bench/test_classification.py::test_classification[{victim}]'" in result.stdout
+    found = {r["test_id"]: r for r in records(out)}
+    assert len(found) == 4, sorted(found)
+    assert found.pop(victim)["reason"].startswith("worker crashed: pytest-xdist worker gw")
+    assert all(r["status"] == "ok" for r in found.values())
+    (run_json,) = out.glob("*/run.json")
+    assert json.loads(run_json.read_text())["counts"]["failed"] == 1
+    assert f"{victim}" in result.stdout.split("lora-bench run ")[1]
