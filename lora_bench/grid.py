@@ -213,7 +213,23 @@ def resolve(combo: dict[str, Any], budgets: dict[str, float] | None = None,
         from .generation import check_generation_spec
 
         check_generation_spec(spec)
+    if spec.devices > 1:
+        _check_multi_device(spec)
     return spec
+
+
+# What an experiment over more than one device (one FSDP job, lora_bench.distributed) supports.
+MULTI_DEVICE = {"method": ("full",), "recipe": ("lora-bench",), "compile": ("off",)}
+
+
+def _check_multi_device(spec: ExperimentSpec) -> None:
+    for key, allowed in MULTI_DEVICE.items():
+        if getattr(spec, key) not in allowed:
+            raise SpecError("devices", spec.devices, f"more than one device (FSDP) runs only {key} "
+                            f"{' or '.join(allowed)}; this experiment has {key} {getattr(spec, key)!r}")
+    if data.find_task(spec.task).type != "classification":
+        raise SpecError("devices", spec.devices, f"more than one device (FSDP) runs classification tasks only; "
+                        f"task {spec.task!r} is not one")
 
 
 def _check_data_sizes(specs: list[ExperimentSpec]) -> None:

@@ -92,6 +92,9 @@ def merged_inference(model: torch.nn.Module, spec: ExperimentSpec, loaded: Loade
 
 
 def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str, Any]:
+    if spec.devices > 1:  # one multi-process FSDP job (torchrun) over that many GPUs
+        from .distributed import run as run_distributed
+        return run_distributed(spec, adapter_dir, progress)
     if data.find_task(spec.task).type == "generation":
         from .generation.runner import run as run_generation
 
