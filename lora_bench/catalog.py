@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .schema import SpecError
 
@@ -84,3 +85,36 @@ def parse_model(value: str) -> ModelRef:
     if HUB_ID.match(value):
         return ModelRef("hub", value, None, None)
     raise SpecError("model", value, allowed)
+
+
+EMBEDDED_PARAMETERS = {"minilm-l6": 22.7e6, "smollm2-135m": 134.5e6}
+_SIZE_IN_NAME = re.compile(r"(\d+(?:\.\d+)?)([bm])\b", re.IGNORECASE)
+
+
+def parameter_estimate(value: str) -> float:
+    """A model's parameter count without loading anything: embedded models' known sizes, a config's
+    arithmetic (attention, MLP and embeddings), or the size a hub id names ("Qwen3-0.6B")."""
+    if value in EMBEDDED_PARAMETERS:
+        return EMBEDDED_PARAMETERS[value]
+    ref = parse_model(value)
+    if ref.path is not None and ref.path.is_file() and ref.path.suffix == ".json":
+        return config_parameters(json.loads(ref.path.read_text()))
+    if ref.path is not None and (ref.path / "config.json").exists():
+        return config_parameters(json.loads((ref.path / "config.json").read_text()))
+    match = _SIZE_IN_NAME.search(ref.value.rsplit("/", 1)[-1])
+    if match:
+        return float(match.group(1)) * (1e9 if match.group(2).lower() == "b" else 1e6)
+    return 1e9
+
+
+def config_parameters(config: dict[str, Any]) -> float:
+    h = config.get("hidden_size", 768)
+    layers = config.get("num_hidden_layers", 12)
+    inter = config.get("intermediate_size", 4 * h)
+    heads = config.get("num_attention_heads", 12)
+    kv = config.get("num_key_value_heads", heads)
+    head_dim = config.get("head_dim") or h // heads
+    attention = h * head_dim * (2 * heads + 2 * kv)
+    mlp = (3 if config.get("hidden_act", "gelu") == "silu" else 2) * h * inter
+    embeddings = config.get("vocab_size", 30000) * h * (1 if config.get("tie_word_embeddings", True) else 2)
+    return float(layers * (attention + mlp) + embeddings)

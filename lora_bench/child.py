@@ -15,6 +15,7 @@ os.environ.setdefault("BITSANDBYTES_NOWELCOME", "1")
 import torch  # noqa: E402
 
 from . import record as rec  # noqa: E402
+from .memory_fit import OverMemoryBudget  # noqa: E402
 from .provenance import meta_info  # noqa: E402
 from .quantization import QuantizationUnavailable, import_bitsandbytes, no_hub_kernels  # noqa: E402
 
@@ -68,7 +69,7 @@ def child_main(payload: dict[str, Any], conn: Any) -> None:
     try:
         train_info = run(spec, Path(payload["adapter_dir"]), progress)
         rec.finish(record, "ok", None, train_info, safe_meta(device))
-    except QuantizationUnavailable as exc:  # never fall back to 16-bit silently
+    except (QuantizationUnavailable, OverMemoryBudget) as exc:  # never fall back to 16-bit; never run into OOM
         rec.finish(record, "skipped", str(exc), None, safe_meta(device))
     except Exception as exc:  # every failure becomes a record; the sweep goes on
         rec.finish(record, "failed", failure_reason(exc), None, safe_meta(device))

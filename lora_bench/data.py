@@ -36,7 +36,7 @@ from .cache import cache_dir, file_lock
 from .schema import SpecError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-TASK_TYPES = ("classification", "generation")
+TASK_TYPES = ("classification", "generation", "causal-lm")
 SOURCES = ("bbc", "file", "hub", "synthetic", "vader")
 REQUIRED = {"hub": ("id", "text_column", "label_column"), "synthetic": ("classes", "per_class"),
             "file": ("path", "text_column", "label_column")}
@@ -152,6 +152,11 @@ def _read_task(path: Path) -> TaskSpec:
         except ImportError as exc:
             raise SpecError("task.type", "generation", f"a type this installation reads ({exc})") from None
         return task_spec(path, raw)
+    if raw.get("type") == "causal-lm":   # random token sequences for throughput and memory (lora_bench.causal_lm)
+        source = raw.get("source")
+        if not isinstance(source, dict) or source.get("kind") != "random-tokens":
+            raise SpecError("task.source.kind", source, "causal-lm tasks take source: {kind: random-tokens}")
+        return TaskSpec(raw.get("name", path.stem), "causal-lm", source, {}, path, dedupe=False)
     unknown = set(raw) - {"name", "type", "source", "split", "description", "dedupe"}
     if unknown:
         raise SpecError(f"task.{sorted(unknown)[0]}", raw[sorted(unknown)[0]],

@@ -415,6 +415,8 @@ def preflight_lines(specs: Sequence[Any]) -> list[str]:
     session to print before anything trains. Tokenizers: the models that run on the task."""
     by_task: dict[str, dict[str, set[int]]] = {}
     for spec in specs:
+        if data.find_task(spec.task).type == "causal-lm":
+            continue  # random tokens: nothing to card
         by_task.setdefault(spec.task, {}).setdefault(spec.model, set()).add(int(spec.max_length))
     lines = []
     for task, models in by_task.items():

@@ -20,7 +20,7 @@ from .schema import (ADAPTER_AXES, ADAPTER_METHODS, AXES, HEAD_DROPPED_AXES, MET
                      SpecError, check_budgets, check_value, eval_alpha, test_id)
 
 GRIDS = data.FIXTURES / "grids"
-GRID_KEYS = ("name", "description", "axes", "include", "exclude", "budgets")
+GRID_KEYS = ("name", "description", "axes", "include", "exclude", "budgets", "targets")
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
 
@@ -36,6 +36,7 @@ class Grid:
     ids: list[str]
     varying: tuple[str, ...]
     dropped: dict[str, int] = field(default_factory=dict)
+    targets: list[Any] = field(default_factory=list)   # lora_bench.perf_targets.Target
 
 
 def find_grid(name_or_path: str) -> Path:
@@ -126,7 +127,10 @@ def expand(raw: Any, path: Path) -> Grid:
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise SpecError("axes", dup, "every combination needs its own test id; two combinations share this one")
-    return Grid(raw.get("name", path.stem), path, specs, ids, varying, {k: v for k, v in dropped.items() if v})
+    from .perf_targets import parse_targets
+
+    return Grid(raw.get("name", path.stem), path, specs, ids, varying, {k: v for k, v in dropped.items() if v},
+                parse_targets(raw.get("targets")))
 
 
 def _id_axes(specs: list[ExperimentSpec]) -> tuple[str, ...]:
@@ -234,8 +238,8 @@ def _check_multi_device(spec: ExperimentSpec) -> None:
 
 def _check_data_sizes(specs: list[ExperimentSpec]) -> None:
     for task in sorted({s.task for s in specs}):
-        if data.find_task(task).type == "generation":
-            continue  # checked per experiment by generation.check_generation_spec
+        if data.find_task(task).type != "classification":
+            continue  # generation: generation.check_generation_spec; causal-lm draws any number of sequences
         largest = max(s.n for s in specs if s.task == task)
         limit = data.max_n_per_class(task)
         if largest > limit:

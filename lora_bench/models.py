@@ -40,8 +40,11 @@ class SequenceClassifier(nn.Module):
         self.config = backbone.config
         self.head = nn.Linear(backbone.config.hidden_size, num_labels, dtype=torch.float32)
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """`attention_mask=None` means no padding (the memory estimator traces on meta tensors so)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.pooling == "mean":
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -54,7 +57,7 @@ class SequenceClassifier(nn.Module):
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return pooled.float()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
         return self.head(self.features(input_ids, attention_mask))
 
 
@@ -188,17 +191,30 @@ def _optional_file(source: str, name: str) -> str | None:
     return cached_file(source, name, _raise_exceptions_for_missing_entries=False)
 
 
+def load_tokenizer(model: str) -> Any:
+    """The model's tokenizer (a shape borrows MiniLM's), right-padded, with a pad token."""
+    from transformers import AutoTokenizer
+
+    ref = parse_model(model)
+    tokenizer = shape_tokenizer() if ref.kind == "shape" else AutoTokenizer.from_pretrained(checkpoint_source(ref))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
 def load_classifier(model: str, num_labels: int, device: torch.device, dtype: torch.dtype,
-                    bits: str = "16") -> LoadedModel:
+                    bits: str = "16", tokenizer: Any = None) -> LoadedModel:
     """The backbone (`AutoModel`, no LM head) with a fresh head, on `device`, weights in `dtype`;
     quantized by bitsandbytes when `bits` is not 16 (`dtype` is then the compute dtype)."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     ref = parse_model(model)
     quantization = bnb_config(bits, dtype)
     placement = {"": f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"}
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
     if ref.kind == "shape":
-        source, tokenizer = f"shape:{ref.value}", shape_tokenizer()
+        source = f"shape:{ref.value}"
         if quantization is None:
             with torch.device(device):
                 backbone = AutoModel.from_config(shape_config(ref), dtype=dtype)
@@ -207,14 +223,10 @@ def load_classifier(model: str, num_labels: int, device: torch.device, dtype: to
                                                  quantization_config=quantization, device_map=placement)
     else:
         source = checkpoint_source(ref)
-        tokenizer = AutoTokenizer.from_pretrained(source)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if quantization is not None:
             kwargs.update(quantization_config=quantization, device_map=placement)
         backbone = AutoModel.from_pretrained(source, **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
     pooling = "last" if ref.kind == "shape" else declared_pooling(source, backbone.config)
     classifier = SequenceClassifier(backbone, num_labels, pooling)
     if quantization is None:

@@ -52,6 +52,13 @@ def session_of(config: pytest.Config) -> BenchSession:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "lb_target" in metafunc.fixturenames:
+        try:
+            targets = session_of(metafunc.config).grid.targets
+        except pytest.UsageError:
+            targets = []
+        metafunc.parametrize("lb_target", [pytest.param(t, id=slug(t.name)) for t in targets] or [_NO_EXPERIMENT])
+        return
     if "lb_spec" not in metafunc.fixturenames:
         return
     session = session_of(metafunc.config)
@@ -66,6 +73,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = [pytest.param(spec, id=tid, marks=[pytest.mark.lb(**marker_kwargs(spec))])
               for spec, tid in zip(grid.specs, grid.ids) if task_type(spec.task) == kind]
     metafunc.parametrize("lb_spec", params or [_NO_EXPERIMENT])
+
+
+def slug(name: str) -> str:
+    return "-".join("".join(c if c.isalnum() or c == "." else " " for c in name.lower()).split())
 
 
 def task_type(task: str) -> str:
@@ -110,6 +121,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     specs = [item.callspec.params["lb_spec"] for item in session.items if "lb_spec" in getattr(item, "fixturenames", ())]
     session_of(config).total = len(specs)
+    session_of(config).selected = {item.callspec.id: item.callspec.params["lb_spec"] for item in session.items
+                                   if _spec(item) is not None}
     if session_of(config).shard_note:
         session_of(config).say(session_of(config).shard_note)
     if not specs or config.getoption("collectonly"):
@@ -149,6 +162,20 @@ class Experiment:
         messages = [v["message"] for v in record["budgets"]["violations"]]
         if messages:
             pytest.fail("over budget (record kept): " + "; ".join(messages), pytrace=False)
+
+
+@pytest.fixture
+def lb_target() -> Any:
+    raise pytest.UsageError("lb_target is parametrized from the grid's targets; request it only in bench tests")
+
+
+@pytest.fixture
+def lb_target_verdict(request: pytest.FixtureRequest, lb_target: Any) -> dict[str, Any]:
+    """The target's verdict over this session's records (waiting, under xdist, for other workers')."""
+    verdict = session_of(request.config).target_verdict(lb_target)
+    if verdict["passed"] is None:
+        pytest.skip(f"{lb_target.name}: {verdict['reason']}")
+    return verdict
 
 
 @pytest.fixture

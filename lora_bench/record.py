@@ -27,6 +27,10 @@ def data_info(spec: ExperimentSpec) -> dict[str, Any]:
         from .generation import generation_data_info
 
         return generation_data_info(spec)
+    if data.find_task(spec.task).type == "causal-lm":
+        from .causal_lm import random_tokens_info
+
+        return random_tokens_info(spec)
     task = data.load_task(spec.task)
     train = task.sample(spec.n, spec.seed)
     return {

@@ -9,16 +9,17 @@ from typing import Any, Callable
 
 import torch
 
-from . import data, determinism
+from . import data, determinism, flops, memory_fit
 from .evaluate import evaluate, run_batched
 from .latency import measure_latency
 from .methods import method_module
-from .models import LoadedModel, load_classifier
+from .models import LoadedModel, load_classifier, load_tokenizer
 from .quantization import frozen_weight_bytes, logical_parameters
+from .recipes import compute_dtypes
 from .resources import parameter_counts, peak_memory, reset_peak
 from .schema import ADAPTER_METHODS, ExperimentSpec
 from .targets import resolve_targets
-from .train import pad_target, train
+from .train import encode, pad_target, train
 
 Progress = Callable[[str], None]
 MERGE_CHECK_EXAMPLES = 32   # test examples whose logits compare the merged model with the unmerged one
@@ -30,14 +31,24 @@ def pick_device() -> torch.device:
 
 
 def weight_dtype(spec: ExperimentSpec, device: torch.device) -> torch.dtype:
-    """bf16 base weights on a GPU that has it, and bf16 compute over any quantized base (trainable
-    adapters and heads stay fp32); fp32 on CPU, and for full fine-tuning, whose fp32 master
-    weights train under bf16 autocast."""
-    if spec.quantized:
+    """The recipe's base dtype (lora_bench.recipes.compute_dtypes); a quantized base computes in
+    16-bit even on CPU (trainable adapters and heads stay fp32)."""
+    dtype = compute_dtypes(spec, device.type)[0]
+    if spec.quantized and dtype == torch.float32:
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported() and spec.method != "full":
-        return torch.bfloat16
-    return torch.float32
+    return dtype
+
+
+def utilisation(model: torch.nn.Module, training: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """Model-FLOPs utilisation of the training loop (lora_bench.flops), on a GPU only."""
+    if device.type != "cuda" or not training.get("tokens"):
+        return None
+    config = getattr(model, "config", None) or model.get_base_model().config
+    seq = training["tokens"] / max(training["examples_seen"], 1)
+    causal = getattr(config, "is_decoder", False) or config.model_type not in ("bert", "roberta", "distilbert")
+    per_token = flops.flops_per_token(flops.matmul_parameters(model), config.num_hidden_layers, config.hidden_size,
+                                      seq, causal)
+    return flops.utilisation(training["tokens_per_second"], per_token, torch.cuda.get_device_name(device))
 
 
 def dir_bytes(path: Path) -> int:
@@ -99,25 +110,45 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
         from .generation.runner import run as run_generation
 
         return run_generation(spec, adapter_dir, progress)
+    if data.find_task(spec.task).type == "causal-lm":
+        from .causal_lm import run as run_causal_lm
+
+        return run_causal_lm(spec, adapter_dir, progress)
     wall_start = time.perf_counter()
     device = pick_device()
     determinism_info = determinism.configure(spec.seed, determinism.requested(spec))
     task = data.load_task(spec.task)
     train_examples = task.sample(spec.n, spec.seed)
     pad_to = pad_target(spec)
+    tokenizer = load_tokenizer(spec.model)
+    longest = max(len(x) for x in encode(tokenizer, train_examples, spec.max_length))
+    seq_len = spec.max_length if pad_to or spec.recipe == "naive" else longest
+    fitted = memory_fit.fit(spec, len(task.labels), seq_len, device, progress)  # may skip: predicted too large
+    spec = fitted.spec
     progress(f"loading {spec.model} ({spec.bits}-bit) on {device.type}")
     dtype = weight_dtype(spec, device)
-    loaded = load_classifier(spec.model, len(task.labels), device, dtype, spec.bits)
+    loaded = load_classifier(spec.model, len(task.labels), device, dtype, spec.bits, tokenizer)
     targets = resolve_targets(spec.targets, loaded.architecture) if spec.method in ADAPTER_METHODS else None
     method = method_module(spec.method)
+    base_latency = None
+    if spec.method in ADAPTER_METHODS:  # the base alone, for the merged and unmerged overheads
+        base_latency = measure_latency(loaded.model, loaded.tokenizer, task.test, spec.latency_rounds,
+                                       spec.max_length, device, pad_to)
     reset_peak(device)
     base = prepare_base(loaded, spec)
     model = method.prepare(loaded, spec, targets)
     params = {**parameter_counts(model), "total_logical": logical_parameters(model), **frozen_weight_bytes(model)}
-    tokenizer = loaded.tokenizer
     progress(f"training {params['trainable']:,} of {params['total_logical']:,} parameters on "
-             f"{len(train_examples)} examples")
-    if spec.method == "head":
+             f"{len(train_examples)} examples ({spec.recipe} recipe)")
+    test_examples = task.test[:SHAPE_EVAL_EXAMPLES] if loaded.weightless else task.test
+    val_examples = task.val[:1] if loaded.weightless else task.val
+    if spec.recipe == "naive":
+        from .recipes.naive import train_and_evaluate
+
+        naive = train_and_evaluate(model, tokenizer, train_examples, val_examples, test_examples, spec, device)
+        training, val, test = naive["training"], naive["val"], naive["test"]
+        test_seconds = training["eval_seconds"]
+    elif spec.method == "head":
         start = time.perf_counter()
         features = run_batched(model.features, tokenizer, train_examples, spec.max_length, device, pad_to)
         labels = torch.tensor([e.label for e in train_examples])
@@ -129,14 +160,19 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
         make_optimizer = getattr(method, "make_optimizer", None)
         optimizer = make_optimizer(model, spec) if make_optimizer else None
         training = train(model, tokenizer, train_examples, spec, device, progress, optimizer)
-    progress("evaluating")
-    test_examples = task.test[:SHAPE_EVAL_EXAMPLES] if loaded.weightless else task.test
-    val = evaluate(model, tokenizer, task.val[:1] if loaded.weightless else task.val, spec.max_length, device, pad_to)
-    start = time.perf_counter()
-    test = evaluate(model, tokenizer, test_examples, spec.max_length, device, pad_to)
-    test_seconds = time.perf_counter() - start
+    if spec.recipe != "naive":
+        progress("evaluating")
+        start = time.perf_counter()
+        val = evaluate(model, tokenizer, val_examples, spec.max_length, device, pad_to)
+        val_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        test = evaluate(model, tokenizer, test_examples, spec.max_length, device, pad_to)
+        test_seconds = time.perf_counter() - start
+        training["eval_seconds"] = val_seconds + test_seconds
+    training["utilisation"] = utilisation(model, training, device)
     latency = measure_latency(model, tokenizer, task.test, spec.latency_rounds, spec.max_length, device, pad_to)
     memory = peak_memory(device)
+    estimate = fitted.report(memory["peak_memory_gib"] if device.type == "cuda" else None)
     method.save(model, adapter_dir)
     adapter_bytes = dir_bytes(adapter_dir)
     merged = {"offered": False, "why": "not an adapter method"}
@@ -158,9 +194,12 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
         "training": training,
         "params": params,
         "latency": latency,
-        "inference": {"throughput_examples_per_second": len(test_examples) / test_seconds, "merged": merged},
+        "inference": {"throughput_examples_per_second": len(test_examples) / test_seconds, "merged": merged,
+                      "base_latency": base_latency},
+        "memory_estimate": estimate,
         "resources": {
             **memory,
+            "pipeline_seconds": training["train_seconds"] + training["eval_seconds"],
             "train_seconds": training["train_seconds"],
             "examples_per_second": training["examples_per_second"],
             "tokens_per_second": training.get("tokens_per_second"),

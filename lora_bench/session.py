@@ -80,6 +80,7 @@ class BenchSession:
             self.started, self._run_dir = workers.handed(config)["started"], Path(workers.handed(config)["run_dir"])
             self.argv = config.workerinput["mainargv"]  # type: ignore[attr-defined]
         self.total = 0
+        self.selected: dict[str, ExperimentSpec] = {}   # test id -> spec of every selected experiment
         self.shard_note = ""
         self.report = ""
 
@@ -253,6 +254,20 @@ class BenchSession:
                                      "experiment (killed, or the host ran out of memory)", None, meta)
         self.store.write_record(record)
         return self.record_info(record)
+
+    def target_verdict(self, target: Any, poll_seconds: float = 5.0) -> dict[str, Any]:
+        """lora_bench.perf_targets' verdict over the selected experiments a target compares. Under
+        xdist they may still be running on other workers: their records are awaited in the run folder."""
+        from . import perf_targets
+
+        wanted = {tid: spec for tid, spec in self.selected.items()
+                  if target.matches(spec.to_dict(), "baseline") or target.matches(spec.to_dict(), "candidate")}
+        paths = [self.store.record_path(tid, spec.spec_hash) for tid, spec in wanted.items()]
+        deadline = time.monotonic() + sum(spec.timeout_s for spec in wanted.values()) + 60
+        while self.worker is not None and not all(p.exists() for p in paths) and time.monotonic() < deadline:
+            time.sleep(poll_seconds)
+        records = [json.loads(p.read_text()) for p in paths if p.exists()]
+        return perf_targets.evaluate(target, records)
 
     def finish(self) -> None:
         """run.json's final state and the report; an xdist worker leaves both to the controller."""

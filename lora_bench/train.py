@@ -1,5 +1,8 @@
-"""The training loop: dynamic padding over length-grouped batches, autocast where the device has
-bf16, gradient accumulation, a fixed data order per seed, and a stop on a non-finite loss."""
+"""The training loop of the `lora-bench` and `plain` recipes: a fixed data order per seed,
+gradient accumulation, per-step timing and a stop on a non-finite loss.
+
+`lora-bench` takes length-grouped batches padded to their longest text under bf16 autocast, and
+compiles on request; `plain` takes shuffled batches without autocast, as a straightforward loop would."""
 
 from __future__ import annotations
 
@@ -13,20 +16,23 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .compiling import compile_model, padded_length
 from .data import Example
+from .recipes import compute_dtypes
 from .schema import ExperimentSpec
 
 Progress = Callable[[str], None]
 CURVE_POINTS = 200      # the stored loss curve keeps at most this many (step, loss) points
+WARMUP_STEPS = 5        # steady-state step time leaves out this many first steps (compilation, allocator)
 
 
 class NonFiniteLoss(RuntimeError):
     """Training diverged: the record says at which step."""
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(device: torch.device, dtype: torch.dtype | None = torch.bfloat16) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and dtype is not None and (dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()):
+        return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
 
 
@@ -45,6 +51,12 @@ def collate(tokenizer: Any, ids: list[list[int]], device: torch.device, pad_to: 
 
 def pad_target(spec: ExperimentSpec) -> int | None:
     return spec.max_length if spec.padding == "max_length" else None
+
+
+def shuffled_batches(count: int, batch_size: int, seed: int) -> list[list[int]]:
+    """A DataLoader's `shuffle=True` order, cut into batches (the plain recipe)."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -71,19 +83,27 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
     scheduler = get_linear_schedule_with_warmup(optimizer, round(total_steps * (spec.warmup_ratio or 0.0)),
                                                 total_steps)
     model.train()
+    autocast = compute_dtypes(spec, device.type)[1]
+    uncompile = compile_model(model, spec.compile if spec.recipe == "lora-bench" else "off")
     curve: list[tuple[int, float]] = []
+    step_seconds: list[float] = []
     tokens = padded = step = seen = 0
-    start = time.perf_counter()
+    start = step_start = time.perf_counter()
     for epoch in range(spec.epochs):
         if step >= total_steps:
             break
-        batches = length_grouped_batches(lengths, spec.batch_size, spec.seed * 1000 + epoch)
+        if spec.recipe == "plain":
+            batches = shuffled_batches(len(ids), spec.batch_size, spec.seed * 1000 + epoch)
+        else:
+            batches = length_grouped_batches(lengths, spec.batch_size, spec.seed * 1000 + epoch)
         epoch_loss = 0.0
         for i, batch in enumerate(batches):
             if step >= total_steps:
                 break
-            inputs = collate(tokenizer, [ids[j] for j in batch], device, pad_target(spec))
-            with autocast_for(device):
+            chunk = [ids[j] for j in batch]
+            pad_to = pad_target(spec) or (padded_length(chunk, spec.max_length) if spec.compile == "graphs" else None)
+            inputs = collate(tokenizer, chunk, device, pad_to)
+            with autocast_for(device, autocast):
                 logits = model(**inputs)
             loss = nn.functional.cross_entropy(logits.float(), labels[batch].to(device))
             if not torch.isfinite(loss):
@@ -98,13 +118,23 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                curve.append((step, float(loss)))
+                curve.append((step, float(loss)))   # float() waits for the GPU: steps are timed whole
+                now = time.perf_counter()
+                step_seconds.append(now - step_start)
+                step_start = now
         progress(f"epoch {epoch + 1}/{spec.epochs}: mean loss {epoch_loss / max(i + 1, 1):.4f} "
                  f"({time.perf_counter() - start:.1f} s)")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    uncompile()
+    steady = step_seconds[WARMUP_STEPS:] or step_seconds
     return {
+        "step_ms_median": 1000 * float(torch.tensor(steady).median()) if steady else None,
+        "first_steps_seconds": sum(step_seconds[:WARMUP_STEPS]),
+        "recipe": {"name": spec.recipe, "compile": spec.compile if spec.recipe == "lora-bench" else "off",
+                   "autocast": str(autocast).removeprefix("torch.") if autocast else None,
+                   "batches": "shuffled" if spec.recipe == "plain" else "length-grouped"},
         "train_seconds": seconds,
         "optimizer_steps": step,
         "examples_per_second": seen / seconds,

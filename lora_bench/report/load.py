@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from .. import perf_targets
 from ..budgets import lookup
-from ..schema import ADAPTER_METHODS, BUDGETS, METHODS
+from ..schema import ADAPTER_METHODS, BUDGETS, METHODS, SpecError
 
 # The factors that make one configuration; two experiments that agree on all of them differ only by seed.
 CONFIG_FACTORS = ("model", "task", "method", "bits", "rank", "alpha_ratio", "targets", "n_train", "dropout", "lr",
@@ -46,16 +48,19 @@ class Experiments:
     runs: list[dict[str, Any]]
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    targets: list[dict[str, Any]] = field(default_factory=list)   # lora_bench.perf_targets verdicts
 
 
 def load_runs(run_dirs: list[Path]) -> Experiments:
     """Every record of the given run folders (a folder holding `records/`, or a root holding run
     folders, such as `reports/tune`), merged, with each run's provenance."""
-    rows, runs, predictions = [], [], {}
+    rows, runs, predictions, every, declared = [], [], {}, [], {}
     for run_dir in expand_run_dirs(run_dirs):
         info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
         run_name = info.get("run_id") or run_dir.name
         records = [json.loads(p.read_text()) for p in sorted((run_dir / "records").glob("*.json"))]
+        every += records
+        declared.update({t.name: t for t in grid_targets(info)})
         for record in records:
             row = record_row(record, run_name)
             row["shard"] = info.get("shard")
@@ -65,7 +70,19 @@ def load_runs(run_dirs: list[Path]) -> Experiments:
             if preds.get("test") is not None and preds.get("test_labels") is not None:
                 predictions[row["uid"]] = (np.asarray(preds["test"]), np.asarray(preds["test_labels"]))
         runs.append(_run_provenance(run_name, run_dir, info, records))
-    return Experiments(finish_frame(pd.DataFrame(rows)), runs, predictions)
+    verdicts = [perf_targets.evaluate(t, every) for t in declared.values()]
+    return Experiments(finish_frame(pd.DataFrame(rows)), runs, predictions, targets=verdicts)
+
+
+def grid_targets(info: dict[str, Any]) -> list[perf_targets.Target]:
+    """The ratio targets the run's grid declared (its text is kept in run.json)."""
+    text = (info.get("grid") or {}).get("text")
+    if not text:
+        return []
+    try:
+        return perf_targets.parse_targets((yaml.safe_load(text) or {}).get("targets"))
+    except (yaml.YAMLError, SpecError, AttributeError):
+        return []
 
 
 def expand_run_dirs(run_dirs: list[Path]) -> list[Path]:
@@ -101,8 +118,15 @@ def record_row(record: dict[str, Any], run_name: str) -> dict[str, Any]:
         row[key] = metrics.get(key)
     resources = info.get("resources") or {}
     for key in ("peak_memory_gib", "peak_memory_kind", "train_seconds", "examples_per_second", "tokens_per_second",
-                "adapter_mb", "wall_seconds"):
+                "adapter_mb", "wall_seconds", "pipeline_seconds"):
         row[key] = resources.get(key)
+    row["recipe"], row["compile"] = spec.get("recipe", "lora-bench"), spec.get("compile", "off")
+    training = info.get("training") or {}
+    row["step_ms"] = training.get("step_ms_median")
+    row["mfu"] = (training.get("utilisation") or {}).get("mfu")
+    estimate = info.get("memory_estimate") or {}
+    row["predicted_peak_gib"] = (estimate.get("prediction") or {}).get("peak_gib")
+    row["estimate_error"] = estimate.get("relative_error")
     latency = info.get("latency") or {}
     row["latency_p95_ms"], row["latency_median_ms"] = latency.get("p95_ms"), latency.get("median_ms")
     params = info.get("params") or {}

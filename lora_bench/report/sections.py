@@ -536,8 +536,14 @@ def differing_fields(runs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({str(r.get(k)) for r in runs}) > 1]
 
 
+def section_performance(ctx: Context) -> Section:
+    from .performance import section_performance as build
+
+    return build(ctx)
+
+
 SECTIONS = (section_methods, section_rank, section_targets, section_quantization, section_size, section_pareto,
-            section_runs)
+            section_runs, section_performance)
 
 
 def build_sections(ex: Experiments) -> tuple[Context, list[Section]]:

@@ -1,0 +1,140 @@
+"""Ratio targets declared in a grid (`targets:`): a metric of a candidate group of experiments
+over the same metric of a baseline group, both measured in one bench run on one kind of device
+(lora-bench vs `naive` end to end, vs a `plain` loop for throughput and memory, NF4 vs bf16 ...).
+
+A group is every record whose spec matches `where` plus `baseline` (or `candidate`); several seeds
+are averaged. `within_spread` instead asks that the two means differ by no more than the larger
+seed-to-seed range of the two groups (quality "equal within the seed spread")."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from .schema import AXES, SpecError, check_value
+
+TARGET_KEYS = ("name", "metric", "where", "baseline", "candidate", "max_ratio", "min_ratio", "within_spread", "also")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    metric: str
+    where: dict[str, Any]
+    baseline: dict[str, Any]
+    candidate: dict[str, Any]
+    max_ratio: float | None = None
+    min_ratio: float | None = None
+    within_spread: bool = False
+    also: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def matches(self, spec: dict[str, Any], side: str) -> bool:
+        wanted = {**self.where, **(self.baseline if side == "baseline" else self.candidate)}
+        return all(_same(spec.get(k), v) for k, v in wanted.items())
+
+
+def _same(have: Any, want: Any) -> bool:
+    if isinstance(have, list):
+        have = tuple(have)
+    return have == want
+
+
+def parse_targets(raw: Any) -> list[Target]:
+    """Validates a grid's `targets:` list; a bad entry raises SpecError naming it."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SpecError("targets", raw, "a list of targets with name, metric, baseline, candidate and a ratio bound")
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"targets[{i}]"
+        if not isinstance(entry, dict):
+            raise SpecError(where, entry, "a mapping")
+        for key in entry:
+            if key not in TARGET_KEYS:
+                raise SpecError(f"{where}.{key}", entry[key], f"allowed keys: {', '.join(TARGET_KEYS)}")
+        for key in ("name", "metric", "baseline", "candidate"):
+            if key not in entry:
+                raise SpecError(f"{where}.{key}", None, "required")
+        if not any(k in entry for k in ("max_ratio", "min_ratio", "within_spread")):
+            raise SpecError(where, entry["name"], "needs max_ratio, min_ratio or within_spread")
+        selectors = {}
+        for part in ("where", "baseline", "candidate"):
+            mapping = entry.get(part) or {}
+            if not isinstance(mapping, dict):
+                raise SpecError(f"{where}.{part}", mapping, "a mapping of axis to value")
+            selectors[part] = {k: _selector_value(f"{where}.{part}.{k}", k, v) for k, v in mapping.items()}
+        out.append(Target(str(entry["name"]), str(entry["metric"]), selectors["where"], selectors["baseline"],
+                          selectors["candidate"], _number(entry, "max_ratio", where), _number(entry, "min_ratio", where),
+                          bool(entry.get("within_spread", False)), dict(entry.get("also") or {})))
+    return out
+
+
+def _selector_value(where: str, key: str, value: Any) -> Any:
+    if key not in AXES:
+        raise SpecError(where, value, f"an axis; allowed: {', '.join(AXES)}")
+    if value is None:
+        return None
+    try:
+        return check_value(key, value)
+    except SpecError as exc:
+        raise SpecError(where, value, exc.allowed) from None
+
+
+def _number(entry: dict[str, Any], key: str, where: str) -> float | None:
+    if key not in entry:
+        return None
+    if isinstance(entry[key], bool) or not isinstance(entry[key], (int, float)) or entry[key] <= 0:
+        raise SpecError(f"{where}.{key}", entry[key], "a positive number")
+    return float(entry[key])
+
+
+def metric(record: dict[str, Any], path: str) -> float | None:
+    value: Any = record.get("train_info") or {}
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def evaluate(target: Target, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The target's verdict over `records` (ok ones only): values, ratio, pass or miss, and why."""
+    groups: dict[str, list[dict[str, Any]]] = {"baseline": [], "candidate": []}
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        for side in groups:
+            if target.matches(record["run_info"]["spec"], side):
+                groups[side].append(record)
+    values = {side: [v for v in (metric(r, target.metric) for r in rs) if v is not None] for side, rs in groups.items()}
+    devices = sorted({(r.get("meta_info") or {}).get("device", {}).get("name") or "?" for rs in groups.values() for r in rs})
+    result: dict[str, Any] = {"name": target.name, "metric": target.metric, "baseline": values["baseline"],
+                              "candidate": values["candidate"], "ids": {s: [r["test_id"] for r in rs] for s, rs in groups.items()},
+                              "devices": devices, "ratio": None, "passed": None, "reason": ""}
+    if not values["baseline"] or not values["candidate"]:
+        missing = [s for s in values if not values[s]]
+        result["reason"] = f"no measured {' or '.join(missing)} experiment in these records"
+        return result
+    base, cand = statistics.fmean(values["baseline"]), statistics.fmean(values["candidate"])
+    result.update(baseline_mean=base, candidate_mean=cand, ratio=cand / base if base else None)
+    verdicts = []
+    if target.max_ratio is not None:
+        verdicts.append((result["ratio"] is not None and result["ratio"] <= target.max_ratio,
+                         f"ratio {result['ratio']:.3f} (limit <= {target.max_ratio:g})"))
+    if target.min_ratio is not None:
+        verdicts.append((result["ratio"] is not None and result["ratio"] >= target.min_ratio,
+                         f"ratio {result['ratio']:.3f} (limit >= {target.min_ratio:g})"))
+    if target.within_spread:
+        spread = max(max(v) - min(v) for v in values.values())
+        result["spread"] = spread
+        verdicts.append((abs(cand - base) <= spread, f"difference {cand - base:+.4f}, seed spread {spread:.4f} "
+                                                     f"({len(values['baseline'])} vs {len(values['candidate'])} seeds)"))
+    if target.also.get("peak"):
+        peaks = {s: [metric(r, target.also["peak"]) for r in groups[s]] for s in groups}
+        peak_ratio = statistics.fmean(p for p in peaks["candidate"] if p) / statistics.fmean(p for p in peaks["baseline"] if p)
+        result["peak_ratio"] = peak_ratio
+        verdicts.append((peak_ratio <= target.also.get("max_peak_ratio", 1.0),
+                         f"peak memory ratio {peak_ratio:.3f} (limit <= {target.also.get('max_peak_ratio', 1.0):g})"))
+    result["passed"] = all(ok for ok, _ in verdicts)
+    result["reason"] = "; ".join(text for _, text in verdicts)
+    return result
