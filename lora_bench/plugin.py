@@ -123,14 +123,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     session_of(config).total = len(specs)
     session_of(config).selected = {item.callspec.id: item.callspec.params["lb_spec"] for item in session.items
                                    if _spec(item) is not None}
-    if session_of(config).shard_note:
-        session_of(config).say(session_of(config).shard_note)
-    if not specs or config.getoption("collectonly"):
-        return
-    from .datacard import preflight_lines
-
-    for line in preflight_lines(specs):
-        session_of(config).say(line)
+    if session_of(config).worker is None:  # under xdist the controller says it, once (lora_bench.workers)
+        session_of(config).preflight(specs)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

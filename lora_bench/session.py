@@ -98,6 +98,18 @@ class BenchSession:
             return spec
         return ExperimentSpec.from_dict({**spec.to_dict(), "budgets": {**spec.budgets, **self.budget_overrides}})
 
+    def preflight(self, specs: list[ExperimentSpec]) -> None:
+        """The shard, and the data card's summary and warnings for every task about to run, before
+        anything trains."""
+        if self.shard_note:
+            self.say(self.shard_note)
+        if not specs or self.config.getoption("collectonly"):
+            return
+        from .datacard import preflight_lines
+
+        for line in preflight_lines(specs):
+            self.say(line)
+
     def _open_run(self) -> RunStore:
         try:
             return RunStore.open(self.out, self.resume or "latest")
@@ -227,7 +239,7 @@ class BenchSession:
         self._store = self._store or RunStore(self.run_dir.parent, self.run_dir.name)  # for run.json, the report
         self.results.append(record)
         worker = (record["meta_info"].get("host") or {}).get("worker") or "?"
-        prefix = f"[lora-bench {len(self.results)} {worker}] {record['test_id']}"
+        prefix = f"[lora-bench {len(self.results)}/{self.total or '?'} {worker}] {record['test_id']}"
         if record["status"] == "ok":
             self.say(f"{prefix}: {quality(record)}" + (" (reused)" if info["reused"] else f" in {seconds:.1f} s"))
         else:

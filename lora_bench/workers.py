@@ -87,25 +87,45 @@ def configure_process(config: pytest.Config) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
 
 
-def crashed_test_id(nodeid: str) -> str | None:
+def param_id(nodeid: str) -> str | None:
+    """`bench/test_x.py::test_x[minilm-l6-...-s0]` -> `minilm-l6-...-s0`: a bench test's test id."""
     match = re.search(r"\[(.+)\]$", nodeid)
     return match.group(1) if match else None
 
 
 class Controller:
-    """The controller's side: hand the run folder out, gather every reported record, and record the
-    experiment of a worker that died."""
+    """The controller's side: hand the run folder out, say what is about to run, gather every reported
+    record, and record the experiment of a worker that died."""
 
     def __init__(self, session: BenchSession):
         self.session = session
+        self.announced = False
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[WORKER_INPUT] = {"run_dir": str(self.session.run_dir), "started": self.session.started}
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """Every worker collects the same tests; the first to finish tells the controller which
+        experiments will run, before any is handed out."""
+        if self.announced:
+            return
+        self.announced = True
+        try:
+            by_id = dict(zip(self.session.grid.ids, self.session.grid.specs))
+        except pytest.UsageError:
+            return  # the workers report the broken grid
+        specs = [by_id[t] for t in map(param_id, ids) if t in by_id]
+        self.session.total = len(specs)
+        if self.session.shard is not None:
+            self.session.shard_note = f"lora-bench shard {self.session.shard[0]}/{self.session.shard[1]}: " \
+                                      f"{len(specs)} experiments"
+        self.session.preflight(specs)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
-        test_id = crashed_test_id(crashitem)
+        test_id = param_id(crashitem)
         worker = report.node.gateway.id  # type: ignore[attr-defined]
         info = self.session.record_crash(test_id, worker) if test_id else None
         if info is not None:
