@@ -33,6 +33,7 @@ from .evaluate import evaluate
 from .latency import measure_latency
 from .methods import method_module
 from .models import LoadedModel, SequenceClassifier, load_classifier, shape_config, shape_tokenizer
+from .quantization import frozen_weight_bytes, logical_parameters
 from .resources import parameter_counts, peak_memory, reset_peak
 from .runner import SHAPE_EVAL_EXAMPLES, prepare_base
 from .schema import ExperimentSpec
@@ -155,7 +156,7 @@ def run_rank(spec: ExperimentSpec, rank: int, world: int, device: torch.device, 
         materialise(model, device, getattr(loaded.model.config, "initializer_range", None) or 0.02)
     reset_peak(device)
     params, local = parameter_counts(model), local_numel(model)
-    progress(f"training {params['trainable']:,} parameters, {local:,} on each rank, "
+    progress(f"training {params['trainable']:,} parameters, {local:,} of them on rank 0, "
              f"{share} of {len(examples)} examples on each rank")
     training = train(model, loaded.tokenizer, mine, spec, device, progress)
     progress("evaluating (every rank, same examples)")
@@ -190,7 +191,7 @@ def run_rank(spec: ExperimentSpec, rank: int, world: int, device: torch.device, 
         "quality": "not applicable: weightless shape" if loaded.weightless else "measured",
         "metrics": metrics,
         "predictions": predictions,
-        "params": {**params, "total_logical": params["total"], "frozen_weight_bytes": 0, "quantization_state_bytes": 0},
+        "params": {**params, "total_logical": logical_parameters(model), **frozen_weight_bytes(model)},
         "latency": {**latency, "mode": f"batch 1 on every rank in lockstep, weights gathered from {world} shards"},
         "inference": {"throughput_examples_per_second": len(test_examples) / test_seconds,
                       "merged": {"offered": False, "why": "not an adapter method"}},
