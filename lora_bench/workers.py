@@ -109,14 +109,15 @@ class Controller:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Every worker collects the same tests; the first to finish tells the controller which
         experiments will run, before any is handed out."""
-        if self.announced:
+        test_ids = [t for t in map(param_id, ids) if t]
+        if self.announced or not test_ids:
             return
         self.announced = True
         try:
             by_id = dict(zip(self.session.grid.ids, self.session.grid.specs))
         except pytest.UsageError:
             return  # the workers report the broken grid
-        specs = [by_id[t] for t in map(param_id, ids) if t in by_id]
+        specs = [by_id[t] for t in test_ids if t in by_id]
         self.session.total = len(specs)
         if self.session.shard is not None:
             self.session.shard_note = f"lora-bench shard {self.session.shard[0]}/{self.session.shard[1]}: " \
