@@ -42,7 +42,10 @@ def check_devices(devices: int) -> str:
         return "cpu"
     have = torch.cuda.device_count()
     if have < devices:
-        raise RuntimeError(f"devices: {devices} needs {devices} GPUs, this machine has {have}")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise RuntimeError(f"devices: {devices} needs {devices} GPUs, this machine has {have}" + (
+            f" visible (CUDA_VISIBLE_DEVICES={visible}; a pytest-xdist worker sees one GPU: run experiments "
+            "with devices > 1 without -n)" if visible is not None else ""))
     return "cuda"
 
 

@@ -75,8 +75,12 @@ def test_a_failing_rank_names_its_error(tmp_path, tiny_llama, csv_task):
 def test_more_devices_than_gpus_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     spec = resolve({"model": "shape:qwen2.5-7b", "task": "synthetic-headlines", "method": "full", "devices": 2})
     with pytest.raises(RuntimeError, match="^devices: 2 needs 2 GPUs, this machine has 1$"):
+        distributed.run(spec, tmp_path / "saved", lambda m: None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")   # as a pytest-xdist worker pins it
+    with pytest.raises(RuntimeError, match=r"has 1 visible \(CUDA_VISIBLE_DEVICES=1; .* without -n\)$"):
         distributed.run(spec, tmp_path / "saved", lambda m: None)
 
 
