@@ -34,7 +34,8 @@ def matmul_parameters(model: Any) -> dict[str, int]:
     frozen = trained = 0
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or isinstance(module, torch.nn.Embedding) or weight.dim() != 2:
+        if (not isinstance(weight, torch.Tensor) or isinstance(module, torch.nn.Embedding) or weight.dim() != 2
+                or hasattr(module, "base_layer")):  # peft's wrapper reports its base layer's weight: count it once
             continue
         numel = logical_numel(module, weight)
         if weight.requires_grad:

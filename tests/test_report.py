@@ -353,7 +353,7 @@ def test_merged_runs_show_what_differs(tmp_path):
     b = write_run(tmp_path, "gpu-b", [make_record("gpu-b", seed=s, versions=newer, device="other") for s in (0, 2)],
                   versions=newer)
     ctx, built = build_sections(load_runs([a, b]))
-    runs = built[-1]
+    runs = next(s for s in built if s.id == "runs")
     assert {"versions.torch", "versions.peft", "devices"} <= set(runs.data["differing"])
     assert "differ in" in runs.finding
     assert ctx.duplicates == 1  # seed 0 of one configuration ran in both: the later record is analysed
