@@ -30,6 +30,9 @@ from .schema import ExperimentSpec
 GIB = 2**30
 ADAMW_STATES = 2                       # exp_avg and exp_avg_sq, fp32 like the parameter they follow
 NF4_BLOCK, DQ_BLOCK = 64, 256          # bitsandbytes 4-bit blocksize; double quantization's second level
+# cuBLAS takes a 32 MiB workspace per thread from the caching allocator on Hopper: one for the
+# forward (main) thread and one for autograd's backward thread
+CUDA_WORKSPACES = 2 * 32 * 2**20
 
 
 @dataclass
@@ -227,11 +230,9 @@ def predict(model: nn.Module, spec: ExperimentSpec, step: Callable[[], Any], bat
                 for module in checkpointed:
                     module.gradient_checkpointing = True
             layers = model.config.num_hidden_layers
-            width = model.config.hidden_size * model.get_input_embeddings().weight.element_size()
-            per_layer = (full.saved_bytes - trace.saved_bytes) / layers
-            activations += layers * batch_size * seq_len * width + per_layer
-            notes.append(f"gradient checkpointing: {layers} layer inputs kept, one layer recomputed at a time")
-    peak = weights + trainable + optimizer + max(activations + transient, grads)
+            activations += (full.saved_bytes - trace.saved_bytes) / layers
+            notes.append(f"gradient checkpointing: {layers} layer inputs kept (traced), one layer recomputed at a time")
+    peak = weights + trainable + optimizer + max(activations + transient, grads) + CUDA_WORKSPACES
     return MemoryEstimate(weights / GIB, trainable / GIB, grads / GIB, optimizer / GIB, activations / GIB,
                           transient / GIB, peak / GIB, batch_size, seq_len, notes)
 

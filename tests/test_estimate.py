@@ -1,0 +1,75 @@
+"""The memory estimator (lora_bench.estimate) against peaks measured on a GPU, and its parts.
+
+GPU_PEAKS are torch.cuda.max_memory_allocated figures from the perf grid on an NVIDIA H200
+(2026-11-28, torch 2.11, transformers 5.17, bitsandbytes 0.50; docs/performance.md): the estimator,
+which builds models on the meta device, must stay within 10% of each without touching a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lora_bench import causal_lm, estimate
+from lora_bench.grid import resolve
+
+COMMON = {"task": "synthetic-headlines", "method": "lora", "rank": 16, "alpha": 32, "targets": "qkvo", "seed": 0}
+# (grid combination, longest batch: size x tokens, measured GiB)
+GPU_PEAKS = [
+    ({**COMMON, "model": "shape:qwen2.5-1.5b", "batch_size": 4, "max_length": 256, "padding": "max_length"}, 4, 256, 5.714),
+    ({**COMMON, "model": "shape:qwen2.5-1.5b", "batch_size": 16, "max_length": 512, "padding": "max_length"}, 16, 512, 24.321),
+    ({**COMMON, "model": "shape:qwen2.5-1.5b", "bits": "4-nf4", "batch_size": 16, "max_length": 512,
+      "padding": "max_length"}, 16, 512, 22.604),
+    ({**COMMON, "model": "shape:qwen2.5-1.5b", "bits": "4-nf4", "batch_size": 4, "max_length": 256,
+      "padding": "max_length", "recipe": "naive"}, 4, 256, 3.949),
+    ({**COMMON, "model": "shape:qwen3-0.6b", "batch_size": 4, "max_length": 256, "padding": "max_length",
+      "recipe": "naive"}, 4, 256, 3.261),
+    ({**COMMON, "model": "shape:qwen3-0.6b", "bits": "4-nf4", "batch_size": 32, "max_length": 256}, 32, 16, 1.617),
+]
+CAUSAL = {"model": "shape:qwen2.5-1.5b", "task": "random-tokens", "method": "lora", "rank": 16, "alpha": 32,
+          "dropout": 0.05, "targets": "all-linear", "n": 64, "batch_size": 16, "max_length": 512, "max_steps": 15}
+CAUSAL_PEAKS = [({**CAUSAL, "recipe": "plain"}, 52.184), ({**CAUSAL, "recipe": "lora-bench"}, 32.305),
+                ({**CAUSAL, "recipe": "lora-bench", "grad_checkpointing": True}, 5.708)]
+
+
+@pytest.mark.parametrize("combo,batch,tokens,measured", GPU_PEAKS, ids=lambda v: None)
+def test_classification_estimate_is_within_10_percent_of_the_gpu_peak(combo, batch, tokens, measured):
+    predicted = estimate.estimate_classification(resolve(combo), 4, tokens, batch).peak_gib
+    assert abs(predicted / measured - 1) <= 0.10, (predicted, measured)
+
+
+@pytest.mark.parametrize("combo,measured", CAUSAL_PEAKS, ids=["plain", "lora-bench", "lora-bench-checkpointing"])
+def test_causal_lm_estimate_is_within_10_percent_of_the_gpu_peak(combo, measured):
+    predicted = causal_lm.estimate(resolve(combo)).peak_gib
+    assert abs(predicted / measured - 1) <= 0.10, (predicted, measured)
+
+
+def test_weights_are_priced_by_their_storage():
+    weight = torch.empty(128, 256, device="meta")
+    n = weight.numel()
+    assert estimate.weight_bytes(weight, None) == n * 4
+    assert estimate.weight_bytes(weight, "4-nf4") == n / 2 + n / 64 * 4
+    assert estimate.weight_bytes(weight, "4-nf4-dq") < estimate.weight_bytes(weight, "4-nf4")
+    assert estimate.weight_bytes(weight, "8") == n + 128 * 4
+
+
+def test_quantized_bases_shrink_weights_but_not_activations():
+    spec = {**COMMON, "model": "shape:qwen3-0.6b", "batch_size": 4, "max_length": 64, "padding": "max_length"}
+    bf16 = estimate.estimate_classification(resolve(spec), 4, 64)
+    nf4 = estimate.estimate_classification(resolve({**spec, "bits": "4-nf4"}), 4, 64)
+    int8 = estimate.estimate_classification(resolve({**spec, "bits": "8"}), 4, 64)
+    assert nf4.weights_gib < int8.weights_gib < bf16.weights_gib
+    assert nf4.activations_gib == pytest.approx(bf16.activations_gib)
+    assert int8.activations_gib > bf16.activations_gib   # LLM.int8 keeps an fp16 copy of each input
+
+
+def test_gradient_checkpointing_keeps_one_layer_of_activations():
+    plain = causal_lm.estimate(resolve({**CAUSAL, "recipe": "lora-bench", "batch_size": 2, "max_length": 128}))
+    ckpt = causal_lm.estimate(resolve({**CAUSAL, "recipe": "lora-bench", "batch_size": 2, "max_length": 128,
+                                       "grad_checkpointing": True}))
+    assert ckpt.activations_gib < plain.activations_gib / 5
+    assert any("checkpointing" in note for note in ckpt.notes)
+
+
+def test_head_only_prices_no_activations():
+    spec = resolve({"model": "shape:qwen3-0.6b", "task": "synthetic-headlines", "method": "head"})
+    assert estimate.estimate_classification(spec, 4, 32).activations_gib == 0
