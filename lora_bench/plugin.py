@@ -4,6 +4,7 @@ Under pytest-xdist, `lora_bench.workers` pins each worker's GPU and gathers reco
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -34,10 +35,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lb-shard", dest="lb_shard", default=None, metavar="i/N",
                     help="run shard i of N (1 <= i <= N): the grid split into N parts balanced by predicted cost, "
                          "the same split on every host")
+    group.addoption("--lb-fit", dest="lb_fit", default="off", choices=("off", "skip", "batch"),
+                    help="before loading weights, predict each experiment's peak memory (lora_bench.estimate) and, "
+                         "over the memory budget, skip it with the reason (skip) or halve its micro-batch, doubling "
+                         "gradient accumulation, until it fits (batch); default off (the prediction is still recorded)")
+    group.addoption("--lb-memory-gib", dest="lb_memory_gib", default=None, type=float, metavar="GIB",
+                    help="memory budget for --lb-fit (default: each experiment's max_peak_gib budget, else the GPU's memory)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     workers.configure_process(config)  # first: an xdist worker pins its GPU before anything starts CUDA
+    # experiment processes read these (lora_bench.memory_fit); they inherit the environment
+    os.environ["LORA_BENCH_FIT"] = config.getoption("lb_fit")
+    if config.getoption("lb_memory_gib") is not None:
+        os.environ["LORA_BENCH_MEMORY_GIB"] = str(config.getoption("lb_memory_gib"))
     config.addinivalue_line("markers", "lb(model, task, method, bits, rank, targets, n, seed): "
                                        "a lora-bench experiment; select with -m \"lb(method='lora')\"")
     config.addinivalue_line("markers", "lb_task_type(kind): the task type a bench test runs")

@@ -111,14 +111,14 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
             (loss / spec.grad_accum).backward()
             tokens += int(inputs["attention_mask"].sum())
             padded += inputs["attention_mask"].numel()
-            epoch_loss += float(loss)
+            epoch_loss += float(loss.detach())
             seen += len(batch)
             if (i + 1) % spec.grad_accum == 0 or i + 1 == len(batches):
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                curve.append((step, float(loss)))   # float() waits for the GPU: steps are timed whole
+                curve.append((step, float(loss.detach())))   # float() waits for the GPU: steps are timed whole
                 now = time.perf_counter()
                 step_seconds.append(now - step_start)
                 step_start = now
