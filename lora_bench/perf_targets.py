@@ -14,7 +14,8 @@ from typing import Any
 
 from .schema import AXES, SpecError, check_value
 
-TARGET_KEYS = ("name", "metric", "where", "baseline", "candidate", "max_ratio", "min_ratio", "within_spread", "also")
+TARGET_KEYS = ("name", "metric", "baseline_metric", "where", "baseline", "candidate", "max_ratio", "min_ratio",
+               "within_spread", "also")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Target:
     min_ratio: float | None = None
     within_spread: bool = False
     also: dict[str, Any] = field(default_factory=dict, hash=False)
+    baseline_metric: str | None = None   # another field of the same records (merged vs base latency)
 
     def matches(self, spec: dict[str, Any], side: str) -> bool:
         wanted = {**self.where, **(self.baseline if side == "baseline" else self.candidate)}
@@ -67,7 +69,8 @@ def parse_targets(raw: Any) -> list[Target]:
             selectors[part] = {k: _selector_value(f"{where}.{part}.{k}", k, v) for k, v in mapping.items()}
         out.append(Target(str(entry["name"]), str(entry["metric"]), selectors["where"], selectors["baseline"],
                           selectors["candidate"], _number(entry, "max_ratio", where), _number(entry, "min_ratio", where),
-                          bool(entry.get("within_spread", False)), dict(entry.get("also") or {})))
+                          bool(entry.get("within_spread", False)), dict(entry.get("also") or {}),
+                          str(entry["baseline_metric"]) if entry.get("baseline_metric") else None))
     return out
 
 
@@ -106,9 +109,11 @@ def evaluate(target: Target, records: list[dict[str, Any]]) -> dict[str, Any]:
         for side in groups:
             if target.matches(record["run_info"]["spec"], side):
                 groups[side].append(record)
-    values = {side: [v for v in (metric(r, target.metric) for r in rs) if v is not None] for side, rs in groups.items()}
+    paths = {"baseline": target.baseline_metric or target.metric, "candidate": target.metric}
+    values = {side: [v for v in (metric(r, paths[side]) for r in rs) if v is not None] for side, rs in groups.items()}
     devices = sorted({(r.get("meta_info") or {}).get("device", {}).get("name") or "?" for rs in groups.values() for r in rs})
-    result: dict[str, Any] = {"name": target.name, "metric": target.metric, "baseline": values["baseline"],
+    label = target.metric if not target.baseline_metric else f"{target.metric} / {target.baseline_metric}"
+    result: dict[str, Any] = {"name": target.name, "metric": label, "baseline": values["baseline"],
                               "candidate": values["candidate"], "ids": {s: [r["test_id"] for r in rs] for s, rs in groups.items()},
                               "devices": devices, "ratio": None, "passed": None, "reason": ""}
     if not values["baseline"] or not values["candidate"]:

@@ -175,3 +175,13 @@ def test_c(lb_experiment):
                                            "--lb-fit", "skip", "--lb-memory-gib", "0.000001", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*predicted peak * GiB*over the memory budget of 0.00 GiB*"])
+
+
+def test_a_target_may_compare_two_fields_of_the_same_records():
+    [target] = perf_targets.parse_targets([{"name": "merged", "metric": "resources.merged", "baseline_metric":
+                                            "resources.seconds", "baseline": {}, "candidate": {}, "max_ratio": 1.02}])
+    rows = [record({"seed": s}, v) for s, v in ((0, 10.0), (1, 10.0))]
+    for r, merged in zip(rows, (10.1, 10.3)):
+        r["train_info"]["resources"]["merged"] = merged
+    verdict = perf_targets.evaluate(target, rows)
+    assert verdict["ratio"] == pytest.approx(1.02) and verdict["metric"] == "resources.merged / resources.seconds"

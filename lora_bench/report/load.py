@@ -129,6 +129,9 @@ def record_row(record: dict[str, Any], run_name: str) -> dict[str, Any]:
     row["estimate_error"] = estimate.get("relative_error")
     latency = info.get("latency") or {}
     row["latency_p95_ms"], row["latency_median_ms"] = latency.get("p95_ms"), latency.get("median_ms")
+    inference = info.get("inference") or {}
+    row["base_latency_ms"] = (inference.get("base_latency") or {}).get("median_ms")
+    row["merged_latency_ms"] = (((inference.get("merged") or {}).get("latency")) or {}).get("median_ms")
     params = info.get("params") or {}
     row["trainable_params"], row["total_params"] = params.get("trainable"), params.get("total")
     row.update(_provenance_columns(meta))

@@ -36,6 +36,18 @@ def estimate_rows(frame: Any) -> list[list[TableCell]]:
     return rows
 
 
+def latency_rows(frame: Any) -> list[list[TableCell]]:
+    """Batch-1 median latency of the base model, the model with its adapter, and merged."""
+    rows = []
+    with_base = frame[frame["base_latency_ms"].notna()] if "base_latency_ms" in frame else frame.iloc[:0]
+    for _, r in with_base.sort_values("test_id").iterrows():
+        base, unmerged, merged = r["base_latency_ms"], r["latency_median_ms"], r.get("merged_latency_ms")
+        merged = merged if merged == merged else None
+        rows.append([r["test_id"], r.get("bits") or "", _num(base, ".1f"), _num(unmerged, ".1f"),
+                     _num(unmerged / base, ".2f"), _num(merged, ".1f"), _num(merged / base if merged else None, ".2f")])
+    return rows
+
+
 def section_performance(ctx: Context) -> Any:
     from .sections import Section, Table
 
@@ -51,6 +63,12 @@ def section_performance(ctx: Context) -> Any:
     if estimates:
         tables.append(Table("Memory estimator (lora_bench.estimate) against torch.cuda.max_memory_allocated",
                             ["experiment", "recipe", "predicted GiB", "measured GiB", "error %", "within 10%"], estimates))
+    latencies = latency_rows(frame)
+    if latencies:
+        tables.append(Table("Inference at batch 1: base, unmerged adapter and merged (median ms; merging over a "
+                            "quantized base is not offered)",
+                            ["experiment", "bits", "base", "unmerged", "unmerged / base", "merged", "merged / base"],
+                            latencies))
     met = sum(v["passed"] is True for v in verdicts)
     missed = [v["name"] for v in verdicts if v["passed"] is False]
     parts = []
