@@ -410,13 +410,20 @@ def summary_sentence(card: dict[str, Any]) -> str:
             f"({card['smallest_class']}).")
 
 
+def _random_tokens(task: str) -> bool:
+    try:
+        return data.find_task(task).type == "causal-lm"
+    except SpecError:
+        return False   # an unreadable task gets its "no data card" line below
+
+
 def preflight_lines(specs: Sequence[Any]) -> list[str]:
     """One line per task of a grid's experiments (`ExperimentSpec`s), then its warnings: for a bench
     session to print before anything trains. Tokenizers: the models that run on the task."""
     by_task: dict[str, dict[str, set[int]]] = {}
     for spec in specs:
-        if data.find_task(spec.task).type == "causal-lm":
-            continue  # random tokens: nothing to card
+        if _random_tokens(spec.task):
+            continue  # nothing to card
         by_task.setdefault(spec.task, {}).setdefault(spec.model, set()).add(int(spec.max_length))
     lines = []
     for task, models in by_task.items():
