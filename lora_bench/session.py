@@ -245,7 +245,7 @@ class BenchSession:
         else:
             self.say(f"{prefix}: {record['status'].upper()}: {record['reason']}")
 
-    def record_crash(self, test_id: str, worker: str) -> dict[str, Any] | None:
+    def record_crash(self, test_id: str, worker: str, reason: str | None = None) -> dict[str, Any] | None:
         """The record of an experiment whose xdist worker died: the one its process wrote this session
         if it got that far, else a failed one written here. None for a test that is no experiment."""
         try:
@@ -258,12 +258,12 @@ class BenchSession:
             return self.record_info(stored)
         data = rec.data_info(spec)
         record = rec.new_record(spec, test_id, self.store.run_id, rec.record_key(spec, data, self.device), data)
-        host = {**host_info(), "worker": worker,
-                "cuda_visible_devices": workers.device_for(worker, os.environ.get("CUDA_VISIBLE_DEVICES"))}
+        host = {**host_info(), "worker": worker or None, "cuda_visible_devices":
+                workers.device_for(worker, os.environ.get("CUDA_VISIBLE_DEVICES")) if worker else None}
         meta = {"versions": versions(), "git": git_info(), "host": host, "device": {"class": self.device},
                 "source_hash": source_hash()}
-        rec.finish(record, "failed", f"worker crashed: pytest-xdist worker {worker} died while running this "
-                                     "experiment (killed, or the host ran out of memory)", None, meta)
+        rec.finish(record, "failed", reason or f"worker crashed: pytest-xdist worker {worker} died while running "
+                                               "this experiment (killed, or the host ran out of memory)", None, meta)
         self.store.write_record(record)
         return self.record_info(record)
 

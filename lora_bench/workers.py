@@ -100,6 +100,7 @@ class Controller:
     def __init__(self, session: BenchSession):
         self.session = session
         self.announced = False
+        self.expected: list[str] = []   # the experiments the workers collected, by test id
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -118,6 +119,7 @@ class Controller:
         except pytest.UsageError:
             return  # the workers report the broken grid
         specs = [by_id[t] for t in test_ids if t in by_id]
+        self.expected = [t for t in test_ids if t in by_id]
         self.session.total = len(specs)
         if self.session.shard is not None:
             self.session.shard_note = f"lora-bench shard {self.session.shard[0]}/{self.session.shard[1]}: " \
@@ -131,6 +133,18 @@ class Controller:
         info = self.session.record_crash(test_id, worker) if test_id else None
         if info is not None:
             report.user_properties = [*report.user_properties, (RECORD_PROPERTY, info)]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """An experiment queued on a worker that died can be dropped by xdist's rescheduling: it gets
+        a failed record saying it never ran, so nothing goes missing silently (--lb-resume runs it)."""
+        reported = {r["test_id"] for r in self.session.results}
+        for test_id in self.expected:
+            if test_id not in reported:
+                info = self.session.record_crash(test_id, "", "not run: pytest-xdist never ran it after a "
+                                                                  "worker died (run again with --lb-resume)")
+                if info is not None:
+                    self.session.collect(info, 0.0)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when not in ("call", "???"):  # "???": xdist's report for a crashed worker's test

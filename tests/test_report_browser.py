@@ -16,7 +16,7 @@ from lora_bench.report import render_report
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-SECTIONS = ("methods", "rank", "targets", "quantization", "size", "pareto", "runs", "all-experiments")
+SECTIONS = ("methods", "rank", "targets", "quantization", "size", "pareto", "runs", "performance", "all-experiments")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_every_section_is_present_with_its_finding(page):
         assert section.count() == 1, sid
         assert section.locator("h2").inner_text().strip()
     findings = page.locator("section.q p.finding").all_inner_texts()
-    assert len(findings) == 7 and all(len(f) > 30 and f.endswith(".") for f in findings)
+    assert len(findings) == 8 and all(len(f) > 30 and f.endswith(".") for f in findings)
 
 
 def test_charts_are_drawn(page):

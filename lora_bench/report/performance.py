@@ -77,7 +77,7 @@ def section_performance(ctx: Context) -> Any:
     if estimates:
         within = sum(r[-1] == "yes" for r in estimates)
         parts.append(f"memory estimate within 10% of the measured GPU peak for {within} of {len(estimates)} experiments")
-    finding = "; ".join(parts) or "no performance targets or GPU memory measurements in these runs"
+    finding = ("; ".join(parts) or "no performance targets or GPU memory measurements in these runs") + "."
     notes = ["Ratios compare means over seeds of experiments that differ only in what baseline and candidate name; "
              "timings are steady-state medians (training.step_ms_median) or whole pipelines (train + evaluation)."]
     return Section("performance", 8, "Performance", "How fast, how lean, and how well predicted", finding, "",
