@@ -95,7 +95,9 @@ def loss_fn(spec: ExperimentSpec) -> Callable[[nn.Module, torch.Tensor], Any]:
 
     def fused(model: nn.Module, ids: torch.Tensor) -> Any:
         lm = causal_lm_of(model)
-        hidden = lm.get_decoder()(input_ids=ids).last_hidden_state
+        # no KV cache in training: it is never read, and its per-layer state makes torch.compile
+        # recompile every layer instead of reusing one compiled layer
+        hidden = lm.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
         head = lm.get_output_embeddings().weight
         flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         return ChunkedLinearCE.apply(flat, head, ids[:, 1:].reshape(-1)), None

@@ -42,7 +42,10 @@ class SequenceClassifier(nn.Module):
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """`attention_mask=None` means no padding (the memory estimator traces on meta tensors so)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # a decoder's KV cache is never read here; its per-layer state would also make a compiled layer
+        # recompile for every layer
+        extra = {"use_cache": False} if getattr(self.config, "use_cache", None) is not None else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

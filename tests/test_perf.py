@@ -185,3 +185,28 @@ def test_a_target_may_compare_two_fields_of_the_same_records():
         r["train_info"]["resources"]["merged"] = merged
     verdict = perf_targets.evaluate(target, rows)
     assert verdict["ratio"] == pytest.approx(1.02) and verdict["metric"] == "resources.merged / resources.seconds"
+
+
+def test_compiled_layers_share_one_graph_because_training_keeps_no_kv_cache():
+    """A KV cache in the forward pass would make every decoder layer compile on its own (the cache's
+    per-layer state is guarded); without it the layers after the first reuse one graph."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModel, LlamaConfig
+
+    from lora_bench.compiling import layer_stack
+    from lora_bench.models import SequenceClassifier
+
+    torch._dynamo.reset()
+    counters.clear()
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=5,
+                         num_attention_heads=2, num_key_value_heads=1)
+    model = SequenceClassifier(AutoModel.from_config(config), 3, "last")
+    layers = layer_stack(model)
+    assert len(layers) == 5
+    for layer in layers:
+        layer.compile(backend="eager")
+    ids = torch.randint(0, 50, (2, 8))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids)).sum().backward()
+    assert counters["stats"]["unique_graphs"] <= 2
+    for layer in layers:
+        layer._compiled_call_impl = None
