@@ -130,8 +130,11 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
     loaded = load_classifier(spec.model, len(task.labels), device, dtype, spec.bits, tokenizer)
     targets = resolve_targets(spec.targets, loaded.architecture) if spec.method in ADAPTER_METHODS else None
     method = method_module(spec.method)
-    base_latency = None
-    if spec.method in ADAPTER_METHODS:  # the base alone, for the merged and unmerged overheads
+    base_latency: dict[str, Any] | None = None
+    if spec.method in ADAPTER_METHODS and spec.quantized and device.type == "cpu":
+        base_latency = {"not_measured": "bitsandbytes repacks quantized weights for CPU inference on the first "
+                                        "eval forward, after which they no longer train"}
+    elif spec.method in ADAPTER_METHODS:  # the base alone, for the merged and unmerged overheads
         base_latency = measure_latency(loaded.model, loaded.tokenizer, task.test, spec.latency_rounds,
                                        spec.max_length, device, pad_to)
     reset_peak(device)

@@ -114,3 +114,15 @@ def test_missing_bitsandbytes_skips_with_the_reason_never_16_bit(tmp_path, monke
     assert stored["status"] == "skipped"
     assert stored["reason"] == "bitsandbytes cannot run here: ImportError: no module"
     assert stored["train_info"] is None
+
+
+def test_the_runner_trains_qlora_on_cpu_without_an_eval_pass_first(tiny_llama64, csv_task, tmp_path):
+    """bitsandbytes repacks 4-bit weights for CPU inference on the first eval forward, after which
+    they no longer train: the base model's latency is not measured before training there."""
+    from lora_bench.runner import run
+
+    spec = resolve({"model": str(tiny_llama64), "task": str(csv_task), "method": "lora", "bits": "4-nf4",
+                    "n": 5, "epochs": 1, "latency_rounds": 2})
+    result = run(spec, tmp_path / "adapter", lambda message: None)
+    assert result["training"]["optimizer_steps"] >= 1
+    assert "not_measured" in result["inference"]["base_latency"]
