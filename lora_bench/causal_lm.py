@@ -22,7 +22,9 @@ from torch import nn
 
 from . import determinism, flops
 from .estimate import MemoryEstimate, meta_config, predict
+from .latency import time_calls
 from .memory_fit import fit
+from .recipes import compute_dtypes
 from .resources import parameter_counts, peak_memory, reset_peak
 from .schema import ADAPTER_METHODS, ExperimentSpec
 from .targets import resolve_targets
@@ -147,16 +149,8 @@ def build(spec: ExperimentSpec, device: torch.device | str, dtype: torch.dtype) 
     return model
 
 
-def dtypes(spec: ExperimentSpec, device_type: str) -> tuple[torch.dtype, torch.dtype | None]:
-    if device_type != "cuda":
-        return torch.float32, None
-    if spec.method == "full":
-        return torch.float32, torch.bfloat16
-    return torch.bfloat16, (None if spec.recipe == "plain" else torch.bfloat16)
-
-
 def estimate(spec: ExperimentSpec) -> MemoryEstimate:
-    weights, autocast = dtypes(spec, "cuda")
+    weights, autocast = compute_dtypes(spec, "cuda")
     model = build(spec, "meta", weights)
     model.train()
     ids = torch.zeros(spec.batch_size, spec.max_length, dtype=torch.long, device="meta")
@@ -178,7 +172,7 @@ def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None])
     determinism_info = determinism.configure(spec.seed, determinism.requested(spec))
     fitted = fit(spec, 0, spec.max_length, device, progress, predict=estimate)
     spec = fitted.spec
-    weights, autocast = dtypes(spec, device.type)
+    weights, autocast = compute_dtypes(spec, device.type)
     progress(f"building {spec.model} for causal-LM training ({spec.recipe} recipe) on {device.type}")
     torch.manual_seed(spec.seed)
     model = build(spec, device, weights)
@@ -233,11 +227,8 @@ def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None])
                    "grad_checkpointing": bool(spec.grad_checkpointing)},
     }
     if device.type == "cuda":
-        config = model.config
-        per_token = flops.flops_per_token(flops.matmul_parameters(model), config.num_hidden_layers,
-                                          config.hidden_size, spec.max_length, causal=True)
-        training["utilisation"] = flops.utilisation(training["tokens_per_second"], per_token,
-                                                    torch.cuda.get_device_name(device))
+        training["utilisation"] = flops.model_utilisation(model, model.config, training["tokens_per_second"],
+                                                          spec.max_length, True, torch.cuda.get_device_name(device))
     latency = forward_latency(model, tokens[:1, :min(spec.max_length, 64)].to(device), spec.latency_rounds, autocast)
     return {
         "determinism": determinism_info,
@@ -263,17 +254,8 @@ def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None])
 def forward_latency(model: nn.Module, ids: torch.Tensor, rounds: int, autocast: torch.dtype | None) -> dict[str, Any]:
     """Forward time of one 64-token sequence, as lora_bench.latency reports it."""
     model.eval()
-    samples = []
-    for i in range(3 + rounds):
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        begin = time.perf_counter()
+
+    def forward(_: int) -> None:
         with torch.autocast(ids.device.type, dtype=autocast, enabled=autocast is not None):
             model(input_ids=ids)
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        if i >= 3:
-            samples.append(time.perf_counter() - begin)
-    samples.sort()
-    p95 = statistics.quantiles(samples, n=20, method="inclusive")[-1] if len(samples) > 1 else samples[0]
-    return {"unit": "s", "warmup": 3, "median_ms": 1000 * statistics.median(samples), "p95_ms": 1000 * p95}
+    return time_calls(forward, rounds, ids.device, warmup=3)

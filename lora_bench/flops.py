@@ -63,3 +63,11 @@ def utilisation(tokens_per_second: float, per_token: float, device_name: str | N
     achieved = tokens_per_second * per_token / 1e12
     return {"achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
             "flops_per_token": per_token, "device": device_name}
+
+
+def model_utilisation(model: Any, config: Any, tokens_per_second: float, seq_len: float, causal: bool,
+                      device_name: str | None) -> dict[str, Any]:
+    """`utilisation` of a model whose config gives its layers and width, at a mean sequence length."""
+    per_token = flops_per_token(matmul_parameters(model), config.num_hidden_layers, config.hidden_size, seq_len,
+                                causal)
+    return utilisation(tokens_per_second, per_token, device_name)

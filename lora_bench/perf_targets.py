@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from .budgets import lookup
 from .schema import AXES, SpecError, check_value
 
 TARGET_KEYS = ("name", "metric", "baseline_metric", "where", "baseline", "candidate", "max_ratio", "min_ratio",
@@ -94,10 +95,11 @@ def _number(entry: dict[str, Any], key: str, where: str) -> float | None:
 
 
 def metric(record: dict[str, Any], path: str) -> float | None:
-    value: Any = record.get("train_info") or {}
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A record's number at `path` (budgets' lookup); None where it is missing or not a number."""
+    try:
+        return lookup(record.get("train_info") or {}, path)
+    except (TypeError, ValueError):
+        return None
 
 
 def evaluate(target: Target, records: list[dict[str, Any]]) -> dict[str, Any]:

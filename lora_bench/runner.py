@@ -46,9 +46,8 @@ def utilisation(model: torch.nn.Module, training: dict[str, Any], device: torch.
     config = getattr(model, "config", None) or model.get_base_model().config
     seq = training["tokens"] / max(training["examples_seen"], 1)
     causal = getattr(config, "is_decoder", False) or config.model_type not in ("bert", "roberta", "distilbert")
-    per_token = flops.flops_per_token(flops.matmul_parameters(model), config.num_hidden_layers, config.hidden_size,
-                                      seq, causal)
-    return flops.utilisation(training["tokens_per_second"], per_token, torch.cuda.get_device_name(device))
+    return flops.model_utilisation(model, config, training["tokens_per_second"], seq, causal,
+                                   torch.cuda.get_device_name(device))
 
 
 def dir_bytes(path: Path) -> int:
