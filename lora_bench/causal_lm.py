@@ -165,7 +165,8 @@ def estimate(spec: ExperimentSpec) -> MemoryEstimate:
 
 
 def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None]) -> dict[str, Any]:
-    from .compiling import compile_model
+    from .compiling import compile_model, uses_graphs
+    from .cuda_graphs import GraphedSteps, make_capturable
 
     wall_start = time.perf_counter()
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -184,7 +185,17 @@ def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None])
     optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay or 0.0, fused=fused)
     step_loss = loss_fn(spec)
     steps = spec.max_steps or math.ceil(spec.n / spec.batch_size) * (spec.epochs or 1)
-    uncompile = compile_model(causal_lm_of(model).get_decoder(), spec.compile if spec.recipe == "lora-bench" else "off")
+    compile_mode = spec.compile if spec.recipe == "lora-bench" else "off"
+    uncompile = compile_model(causal_lm_of(model).get_decoder(), compile_mode)
+
+    def micro_loss(input_ids: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None, cache_enabled=graphs is None):
+            return step_loss(model, input_ids)[0]
+
+    graphs = None
+    if uses_graphs(compile_mode):
+        make_capturable(optimizer, device)
+        graphs = GraphedSteps(micro_loss, optimizer, device)
     reset_peak(device)
     model.train()
     times: list[float] = []
@@ -194,11 +205,14 @@ def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None])
         rows = torch.arange(step * spec.batch_size, (step + 1) * spec.batch_size) % spec.n
         ids = tokens[rows].to(device)
         begin = time.perf_counter()
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            loss = step_loss(model, ids)[0]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if graphs is not None:
+            loss = graphs.backward(input_ids=ids)
+            graphs.step()
+        else:
+            loss = micro_loss(ids)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         value = loss.detach().item()   # waits for the GPU: each step is timed whole
         if not math.isfinite(value):
             from .train import NonFiniteLoss
@@ -220,7 +234,8 @@ def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None])
         "tokens_per_second": per_step_tokens / step_s, "padding_fraction": 0.0,
         "step_ms_median": 1000 * step_s, "first_steps_seconds": sum(times[:WARMUP_STEPS]), "loss_curve": curve,
         "optimizer": "adamw (fused)" if fused else "adamw", "eval_seconds": 0.0,
-        "recipe": {"name": spec.recipe, "compile": spec.compile if spec.recipe == "lora-bench" else "off",
+        "recipe": {"name": spec.recipe, "compile": compile_mode,
+                   **({"cuda_graphs": graphs.info()} if graphs is not None else {}),
                    "autocast": str(autocast).removeprefix("torch.") if autocast else None,
                    "loss": "logits over the vocabulary (transformers)" if spec.recipe == "plain"
                    else f"fused linear cross-entropy, {CHUNK_TOKENS}-token chunks",

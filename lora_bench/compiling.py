@@ -1,10 +1,12 @@
-"""torch.compile for the lora-bench recipe, undone before evaluation (whose shapes differ).
+"""The `compile` axis of the lora-bench recipe: what cuts a training step's overhead.
 
-- `layers`: each transformer layer compiled once (regional compilation: every layer shares one
-  compiled graph, so compiling costs seconds, not minutes), dynamic shapes allowed;
-- `graphs`: the whole model under `mode="reduce-overhead"`, i.e. CUDA graphs, which removes the
+- `layers`: torch.compile on each transformer layer (regional compilation: every layer shares one
+  compiled graph, so compiling costs seconds, not minutes), dynamic shapes allowed; undone before
+  evaluation, whose shapes differ;
+- `graphs`: the training step replayed from CUDA graphs (lora_bench.cuda_graphs), which removes the
   per-kernel launch cost that dominates small models. Graphs need fixed shapes, so batches are
-  padded to a bucket of `BUCKET` tokens (`padded_length`), one graph per bucket.
+  padded to a bucket of `BUCKET` tokens (`padded_length`), one graph per bucket;
+- `layers-graphs`: both, compiled layers inside the captured step.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from typing import Callable
 
 from torch import nn
+
+from .schema import COMPILE_MODES
 
 BUCKET = 32
 
@@ -24,19 +28,21 @@ def layer_stack(model: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
+def uses_graphs(mode: str) -> bool:
+    return mode in ("graphs", "layers-graphs")
+
+
 def compile_model(model: nn.Module, mode: str) -> Callable[[], None]:
-    """Compiles in place and returns what undoes it."""
-    if mode == "off":
+    """Compiles the layers in place when `mode` asks for it and returns what undoes it (CUDA graphs
+    are the training loop's part)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile: {mode!r} is not one of {', '.join(COMPILE_MODES)}")
+    if mode not in ("layers", "layers-graphs"):
         return lambda: None
-    if mode == "layers":
-        layers = list(layer_stack(model))
-        for layer in layers:
-            layer.compile(dynamic=True)
-        return lambda: [setattr(layer, "_compiled_call_impl", None) for layer in layers] and None
-    if mode == "graphs":
-        model.compile(mode="reduce-overhead", dynamic=False)
-        return lambda: setattr(model, "_compiled_call_impl", None)
-    raise ValueError(f"compile: {mode!r} is not one of off, layers, graphs")
+    layers = list(layer_stack(model))
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return lambda: [setattr(layer, "_compiled_call_impl", None) for layer in layers] and None
 
 
 def padded_length(ids: list[list[int]], max_length: int) -> int:

@@ -217,6 +217,9 @@ def resolve(combo: dict[str, Any], budgets: dict[str, float] | None = None,
         from .generation import check_generation_spec
 
         check_generation_spec(spec)
+    if spec.compile != "off" and spec.recipe != "lora-bench":
+        raise SpecError("compile", spec.compile, f"only the lora-bench recipe compiles or captures CUDA graphs; "
+                        f"recipe {spec.recipe!r} takes compile: off")
     if spec.devices > 1:
         _check_multi_device(spec)
     return spec

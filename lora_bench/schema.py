@@ -24,9 +24,10 @@ PADDINGS = ("longest", "max_length")  # pad each batch to its longest text, or e
 # How an experiment trains: lora-bench's own loop; `plain`, a straightforward peft + transformers
 # loop; `naive`, the origin study's pipeline (Trainer, batch 4, every text padded to 256, fp16).
 RECIPES = ("lora-bench", "plain", "naive")
-# torch.compile in the lora-bench recipe: off; `layers`, each decoder/encoder layer compiled once
-# (regional compilation, seconds); `graphs`, the whole model captured into CUDA graphs per padded length.
-COMPILE_MODES = ("off", "layers", "graphs")
+# step overhead in the lora-bench recipe (lora_bench.compiling): off; `layers`, each decoder/encoder
+# layer compiled once (regional compilation, seconds); `graphs`, the training step captured into CUDA
+# graphs per padded length; `layers-graphs`, both.
+COMPILE_MODES = ("off", "layers", "graphs", "layers-graphs")
 
 # Budget name -> ("max" | "min", record metric path, unit shown in messages)
 BUDGETS: dict[str, tuple[str, str, str]] = {

@@ -16,7 +16,8 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .compiling import compile_model, padded_length
+from .compiling import compile_model, padded_length, uses_graphs
+from .cuda_graphs import GraphedSteps, make_capturable, pad_rows
 from .data import Example
 from .recipes import compute_dtypes
 from .schema import ExperimentSpec
@@ -30,9 +31,11 @@ class NonFiniteLoss(RuntimeError):
     """Training diverged: the record says at which step."""
 
 
-def autocast_for(device: torch.device, dtype: torch.dtype | None = torch.bfloat16) -> contextlib.AbstractContextManager:
+def autocast_for(device: torch.device, dtype: torch.dtype | None = torch.bfloat16,
+                 cache: bool = True) -> contextlib.AbstractContextManager:
+    """`cache=False` under CUDA-graph capture, which must not keep autocast's cast weights."""
     if device.type == "cuda" and dtype is not None and (dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()):
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -68,14 +71,22 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
 
 def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: ExperimentSpec,
           device: torch.device, progress: Progress, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """AdamW over the trainable parameters unless the method brings its own `optimizer` (LoRA+)."""
+    """AdamW over the trainable parameters unless the method brings its own `optimizer` (LoRA+).
+
+    Under CUDA graphs (`compile: graphs`) batches are padded to length buckets and to the full batch
+    size (padded rows weigh 0 in the loss), and micro-steps and optimizer steps replay captured graphs."""
     assert spec.epochs is not None and spec.lr is not None and spec.grad_accum is not None
     ids = encode(tokenizer, examples, spec.max_length)
     labels = torch.tensor([e.label for e in examples])
     lengths = [len(x) for x in ids]
+    compile_mode = spec.compile if spec.recipe == "lora-bench" else "off"
+    graphed = uses_graphs(compile_mode)
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay or 0.0)
+        fused = device.type == "cuda" and spec.recipe == "lora-bench"
+        optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay or 0.0, fused=fused)
+    if graphed:
+        make_capturable(optimizer, device)
     steps_per_epoch = math.ceil(math.ceil(len(ids) / spec.batch_size) / spec.grad_accum)
     total_steps = steps_per_epoch * spec.epochs
     if spec.max_steps is not None:
@@ -84,7 +95,16 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
                                                 total_steps)
     model.train()
     autocast = compute_dtypes(spec, device.type)[1]
-    uncompile = compile_model(model, spec.compile if spec.recipe == "lora-bench" else "off")
+    uncompile = compile_model(model, compile_mode)
+
+    def weighted_loss(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                      weights: torch.Tensor) -> torch.Tensor:
+        with autocast_for(device, autocast, cache=not graphed):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask)
+        losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        return (losses * weights).sum() / weights.sum()
+
+    graphs = GraphedSteps(weighted_loss, optimizer, device, 1 / spec.grad_accum) if graphed else None
     curve: list[tuple[int, float]] = []
     step_seconds: list[float] = []
     tokens = padded = step = seen = 0
@@ -101,22 +121,29 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
             if step >= total_steps:
                 break
             chunk = [ids[j] for j in batch]
-            pad_to = pad_target(spec) or (padded_length(chunk, spec.max_length) if spec.compile == "graphs" else None)
+            pad_to = pad_target(spec) or (padded_length(chunk, spec.max_length) if graphed else None)
             inputs = collate(tokenizer, chunk, device, pad_to)
-            with autocast_for(device, autocast):
-                logits = model(**inputs)
-            loss = nn.functional.cross_entropy(logits.float(), labels[batch].to(device))
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss became {float(loss)} at epoch {epoch + 1}, optimizer step {step}")
-            (loss / spec.grad_accum).backward()
             tokens += int(inputs["attention_mask"].sum())
             padded += inputs["attention_mask"].numel()
+            if graphs is not None:
+                rows, weights = pad_rows({**inputs, "labels": labels[batch].to(device)}, spec.batch_size)
+                loss = graphs.backward(**rows, weights=weights.to(device))
+            else:
+                with autocast_for(device, autocast):
+                    logits = model(**inputs)
+                loss = nn.functional.cross_entropy(logits.float(), labels[batch].to(device))
+                (loss / spec.grad_accum).backward()
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss became {float(loss)} at epoch {epoch + 1}, optimizer step {step}")
             epoch_loss += float(loss.detach())
             seen += len(batch)
             if (i + 1) % spec.grad_accum == 0 or i + 1 == len(batches):
-                optimizer.step()
+                if graphs is not None:
+                    graphs.step()
+                else:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 curve.append((step, float(loss.detach())))   # float() waits for the GPU: steps are timed whole
                 now = time.perf_counter()
@@ -132,9 +159,10 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
     return {
         "step_ms_median": 1000 * float(torch.tensor(steady).median()) if steady else None,
         "first_steps_seconds": sum(step_seconds[:WARMUP_STEPS]),
-        "recipe": {"name": spec.recipe, "compile": spec.compile if spec.recipe == "lora-bench" else "off",
+        "recipe": {"name": spec.recipe, "compile": compile_mode,
                    "autocast": str(autocast).removeprefix("torch.") if autocast else None,
-                   "batches": "shuffled" if spec.recipe == "plain" else "length-grouped"},
+                   "batches": "shuffled" if spec.recipe == "plain" else "length-grouped",
+                   **({"cuda_graphs": graphs.info()} if graphs is not None else {})},
         "train_seconds": seconds,
         "optimizer_steps": step,
         "examples_per_second": seen / seconds,
@@ -143,7 +171,7 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
         "tokens": tokens,
         "padding_fraction": 1 - tokens / max(padded, 1),
         "loss_curve": thin_curve(curve),
-        "optimizer": type(optimizer).__name__.lower(),
+        "optimizer": type(optimizer).__name__.lower() + (" (fused)" if optimizer.defaults.get("fused") else ""),
         "param_groups": [{"params": sum(p.numel() for p in g["params"]), "lr": g["lr"]} for g in optimizer.param_groups],
     }
 

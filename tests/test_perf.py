@@ -32,17 +32,21 @@ def test_fused_chunked_cross_entropy_matches_the_plain_loss_and_gradients(monkey
     assert torch.allclose(grads[0], hidden.grad) and torch.allclose(grads[1], weight.grad)
 
 
-def causal_spec(model: Path, recipe: str) -> object:
+def causal_spec(model: Path, recipe: str, compile_mode: str = "off") -> object:
     return resolve({"model": str(model), "task": "random-tokens", "method": "lora", "rank": 4, "alpha": 8,
                     "targets": "all-linear", "n": 4, "batch_size": 2, "max_length": 16, "max_steps": 3,
-                    "lr": 1e-3, "recipe": recipe, "latency_rounds": 2})
+                    "lr": 1e-3, "recipe": recipe, "compile": compile_mode, "latency_rounds": 2})
 
 
 def test_causal_lm_recipes_train_the_same_model_the_same_way(tiny_llama):
-    results = {r: run(causal_spec(tiny_llama, r), Path(tempfile.mkdtemp()), lambda m: None) for r in ("plain", "lora-bench")}
-    plain, fused = (results[r]["training"]["loss_curve"] for r in ("plain", "lora-bench"))
+    variants = {"plain": ("plain", "off"), "lora-bench": ("lora-bench", "off"), "graphs": ("lora-bench", "graphs")}
+    results = {name: run(causal_spec(tiny_llama, *v), Path(tempfile.mkdtemp()), lambda m: None)
+               for name, v in variants.items()}
+    plain, fused, graphed = (results[r]["training"]["loss_curve"] for r in variants)
     assert [s for s, _ in plain] == [1, 2, 3]
     assert [v for _, v in fused] == pytest.approx([v for _, v in plain], rel=1e-4)
+    assert [v for _, v in graphed] == pytest.approx([v for _, v in plain], rel=1e-4)   # eager on CPU
+    assert results["graphs"]["training"]["recipe"]["cuda_graphs"]["eager_reason"]
     for result in results.values():
         assert result["quality"].startswith("not applicable")
         assert result["training"]["tokens_per_second"] > 0
