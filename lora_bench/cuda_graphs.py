@@ -1,4 +1,4 @@
-"""Training steps replayed from CUDA graphs: the `graphs` and `layers-graphs` compile modes.
+"""Training steps replayed from CUDA graphs: the `graphs` compile mode.
 
 A small model's step is thousands of tiny kernels, and on a GPU host its time is the host's launch
 time, not the GPU's (SmolLM2-135M at 32 x 32 tokens: 134 ms eager, most of it launches). Capturing the
@@ -12,7 +12,7 @@ Graphs replay fixed shapes at fixed addresses, hence the rules here:
 - gradients stay allocated (zeroed in place, never set to None) and the optimizer is capturable
   with a tensor learning rate, which the scheduler fills in place (`make_capturable`);
 - each shape's first WARMUP micro-steps, and the first WARMUP optimizer steps, run eagerly on a side
-  stream (lazy CUDA initialisation, optimizer state, torch.compile's compilation), then it is captured;
+  stream (lazy CUDA initialisation, optimizer state), then it is captured;
 - autocast must not cache casts under capture (`autocast_for(..., cache=False)`).
 Captures share one memory pool: each graph's output (its loss) stays referenced, and everything
 else is scratch that no two graphs use at once. On a CPU, or when a capture fails, steps run eagerly

@@ -13,6 +13,11 @@ CUDA's fused kernels store it (inputs, output and log-sum-exp, never the score m
 
 The backward transient is the gradient pair of the largest saved tensor (the op that saved it
 needs its output's and its input's gradients at once) plus the forward's returned tensors.
+
+With compiled layers (`compile: layers`) autograd keeps what inductor's partitioner chooses, not what
+eager ops save: the trace then runs each layer through dynamo and AOTAutograd, partitioned as
+inductor partitions (random ops made seeded, so dropout is recomputed in the backward instead of
+kept), and executes the partitioned graphs uncompiled on the meta tensors (`traced_as_compiled`).
 """
 
 from __future__ import annotations
@@ -76,20 +81,21 @@ def quantizable(name: str, module: nn.Module) -> bool:
 class AutocastEmulation(TorchFunctionMode):
     """Autocast's casts for the ops that decide saved sizes, on tensors autocast would not touch:
     matmuls and attention run in `dtype`, norms, softmaxes and losses in fp32 (no casts when
-    `dtype` is None). Dropout keeps CUDA's one-byte mask either way."""
+    `dtype` is None). Eager dropout keeps CUDA's one-byte mask either way; under `compiled` layers
+    dropout runs as itself, for the partitioner to see."""
 
     LOW = {torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.bmm, torch.mm,
            torch.Tensor.__matmul__, torch.nn.functional.scaled_dot_product_attention}
     FP32 = {torch.nn.functional.layer_norm, torch.nn.functional.cross_entropy, torch.nn.functional.log_softmax,
             torch.nn.functional.softmax, torch.nn.functional.nll_loss}
 
-    def __init__(self, dtype: torch.dtype | None):
+    def __init__(self, dtype: torch.dtype | None, compiled: bool = False):
         super().__init__()
-        self.dtype = dtype
+        self.dtype, self.compiled = dtype, compiled
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is torch.nn.functional.dropout:
+        if func is torch.nn.functional.dropout and not self.compiled:
             return _dropout(*args, **kwargs)
         if self.dtype is None:
             return func(*args, **kwargs)
@@ -149,7 +155,7 @@ _PADDED = [False]   # whether the traced batch stands for a padded one (set by `
 
 
 @contextlib.contextmanager
-def priced_as_cuda(dtype: torch.dtype | None, padded: bool = False) -> Iterator[None]:
+def priced_as_cuda(dtype: torch.dtype | None, padded: bool = False, compiled: bool = False) -> Iterator[None]:
     """Attention priced as fused CUDA kernels and, with `dtype`, autocast's casts applied."""
     from transformers import masking_utils
 
@@ -160,7 +166,7 @@ def priced_as_cuda(dtype: torch.dtype | None, padded: bool = False) -> Iterator[
     masking_utils.find_packed_sequence_indices = lambda position_ids: None
     _PADDED[0] = padded
     try:
-        with AutocastEmulation(dtype):
+        with AutocastEmulation(dtype, compiled):
             yield
     finally:
         torch.nn.functional.scaled_dot_product_attention, masking_utils.find_packed_sequence_indices = saved
@@ -173,7 +179,37 @@ class Trace:
     returned_bytes: int
 
 
-def trace_saved(model: nn.Module, step: Callable[[], Any], autocast: torch.dtype | None, padded: bool) -> Trace:
+@contextlib.contextmanager
+def traced_as_compiled(model: nn.Module) -> Iterator[None]:
+    """The model's layers compiled for the trace by a backend that partitions forward and backward as
+    inductor does and runs the forward graph as it is; undone, and dynamo's caches cleared, after
+    (they would count against the training run's recompilation limit)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.fx_passes.replace_random import replace_random_passes
+
+    from .compiling import layer_stack
+
+    def partition(joint: Any, inputs: Any, **kwargs: Any) -> Any:
+        replace_random_passes(joint)
+        return min_cut_rematerialization_partition(joint, inputs, **kwargs)
+
+    backend = aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm),
+                           bw_compiler=lambda gm, _: make_boxed_func(gm), partition_fn=partition)
+    layers = list(layer_stack(model))
+    for layer in layers:
+        layer.compile(backend=backend, dynamic=False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None
+        torch._dynamo.reset()
+
+
+def trace_saved(model: nn.Module, step: Callable[[], Any], autocast: torch.dtype | None, padded: bool,
+                compiled: bool = False) -> Trace:
     """Runs `step` (a forward and its loss, on meta tensors) and sums what autograd saves, once per
     storage, leaving out parameters (priced as weights)."""
     params = {p.untyped_storage()._cdata for p in model.parameters()}
@@ -185,7 +221,11 @@ def trace_saved(model: nn.Module, step: Callable[[], Any], autocast: torch.dtype
             saved[storage._cdata] = max(saved.get(storage._cdata, 0), storage.nbytes())
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), priced_as_cuda(autocast, padded):
+    with contextlib.ExitStack() as stack:
+        if compiled:
+            stack.enter_context(traced_as_compiled(model))
+        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+        stack.enter_context(priced_as_cuda(autocast, padded, compiled))
         out = step()
     returned = [t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
     return Trace(sum(saved.values()), max(saved.values(), default=0),
@@ -217,7 +257,10 @@ def predict(model: nn.Module, spec: ExperimentSpec, step: Callable[[], Any], bat
         activations, transient = 0.0, 0.0
         notes.append("head-only: features are computed without gradients; inference activations not priced")
     else:
-        trace = trace_saved(model, step, compute_dtype, padded)
+        compiled = spec.recipe == "lora-bench" and spec.compile == "layers"
+        if compiled:
+            notes.append("compiled layers: saved tensors as inductor's partitioner keeps them")
+        trace = trace_saved(model, step, compute_dtype, padded, compiled)
         activations = float(trace.saved_bytes)
         transient = 2.0 * trace.largest_saved + trace.returned_bytes
         checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
@@ -225,7 +268,7 @@ def predict(model: nn.Module, spec: ExperimentSpec, step: Callable[[], Any], bat
             for module in checkpointed:
                 module.gradient_checkpointing = False
             try:
-                full = trace_saved(model, step, compute_dtype, padded)
+                full = trace_saved(model, step, compute_dtype, padded, compiled)
             finally:
                 for module in checkpointed:
                     module.gradient_checkpointing = True

@@ -43,8 +43,10 @@ def _same(have: Any, want: Any) -> bool:
     return have == want
 
 
-def parse_targets(raw: Any) -> list[Target]:
-    """Validates a grid's `targets:` list; a bad entry raises SpecError naming it."""
+def parse_targets(raw: Any, strict: bool = True) -> list[Target]:
+    """Validates a grid's `targets:` list; a bad entry raises SpecError naming it. `strict=False`
+    reads back a finished run's own grid, whose axis values may since have left the schema: they
+    still name what that run ran."""
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -67,7 +69,7 @@ def parse_targets(raw: Any) -> list[Target]:
             mapping = entry.get(part) or {}
             if not isinstance(mapping, dict):
                 raise SpecError(f"{where}.{part}", mapping, "a mapping of axis to value")
-            selectors[part] = {k: _selector_value(f"{where}.{part}.{k}", k, v) for k, v in mapping.items()}
+            selectors[part] = {k: _selector_value(f"{where}.{part}.{k}", k, v, strict) for k, v in mapping.items()}
         out.append(Target(str(entry["name"]), str(entry["metric"]), selectors["where"], selectors["baseline"],
                           selectors["candidate"], _number(entry, "max_ratio", where), _number(entry, "min_ratio", where),
                           bool(entry.get("within_spread", False)), dict(entry.get("also") or {}),
@@ -75,7 +77,7 @@ def parse_targets(raw: Any) -> list[Target]:
     return out
 
 
-def _selector_value(where: str, key: str, value: Any) -> Any:
+def _selector_value(where: str, key: str, value: Any, strict: bool = True) -> Any:
     if key not in AXES:
         raise SpecError(where, value, f"an axis; allowed: {', '.join(AXES)}")
     if value is None:
@@ -83,6 +85,8 @@ def _selector_value(where: str, key: str, value: Any) -> Any:
     try:
         return check_value(key, value)
     except SpecError as exc:
+        if not strict:
+            return value
         raise SpecError(where, value, exc.allowed) from None
 
 

@@ -26,8 +26,8 @@ PADDINGS = ("longest", "max_length")  # pad each batch to its longest text, or e
 RECIPES = ("lora-bench", "plain", "naive")
 # step overhead in the lora-bench recipe (lora_bench.compiling): off; `layers`, each decoder/encoder
 # layer compiled once (regional compilation, seconds); `graphs`, the training step captured into CUDA
-# graphs per padded length; `layers-graphs`, both.
-COMPILE_MODES = ("off", "layers", "graphs", "layers-graphs")
+# graphs per padded length.
+COMPILE_MODES = ("off", "layers", "graphs")
 
 # Budget name -> ("max" | "min", record metric path, unit shown in messages)
 BUDGETS: dict[str, tuple[str, str, str]] = {

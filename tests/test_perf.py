@@ -165,6 +165,14 @@ def test_a_malformed_target_names_its_field(entry, field):
     assert err.value.key == field
 
 
+def test_a_finished_runs_grid_reads_back_values_the_schema_has_since_dropped():
+    entry = {"name": "x", "metric": "m", "baseline": {}, "candidate": {"compile": "retired-mode"}, "max_ratio": 1}
+    with pytest.raises(SpecError):
+        perf_targets.parse_targets([entry])
+    [target] = perf_targets.parse_targets([entry], strict=False)
+    assert target.candidate == {"compile": "retired-mode"}
+
+
 def test_lb_fit_skips_an_experiment_over_the_memory_budget(pytester, tiny_bert):
     grid = pytester.path / "g.yaml"
     grid.write_text(f"axes: {{model: {tiny_bert}, method: lora, n: 5, epochs: 1, latency_rounds: 2}}\n")

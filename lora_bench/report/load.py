@@ -80,7 +80,7 @@ def grid_targets(info: dict[str, Any]) -> list[perf_targets.Target]:
     if not text:
         return []
     try:
-        return perf_targets.parse_targets((yaml.safe_load(text) or {}).get("targets"))
+        return perf_targets.parse_targets((yaml.safe_load(text) or {}).get("targets"), strict=False)
     except (yaml.YAMLError, SpecError, AttributeError):
         return []
 
