@@ -147,11 +147,9 @@ class _FusedAttention(torch.autograd.Function):
 
 
 def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                    *args: Any, **kwargs: Any) -> torch.Tensor:
-    return _FusedAttention.apply(query, key, value, _PADDED[0])
-
-
-_PADDED = [False]   # whether the traced batch stands for a padded one (set by `priced_as_cuda`)
+                    *args: Any, padded: bool = False, **kwargs: Any) -> torch.Tensor:
+    """scaled_dot_product_attention as the trace prices it; `padded`: the batch stands for a padded one."""
+    return _FusedAttention.apply(query, key, value, padded)
 
 
 @contextlib.contextmanager
@@ -160,11 +158,13 @@ def priced_as_cuda(dtype: torch.dtype | None, padded: bool = False, compiled: bo
     from transformers import masking_utils
 
     saved = torch.nn.functional.scaled_dot_product_attention, masking_utils.find_packed_sequence_indices
-    torch.nn.functional.scaled_dot_product_attention = fused_attention
+    def attention(*args: Any, **kwargs: Any) -> torch.Tensor:   # a function: dynamo traces no partial
+        return fused_attention(*args, padded=padded, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = attention
     # transformers looks for packed sequences in the position ids by value, which meta tensors lack;
     # a training batch of whole sequences has none
     masking_utils.find_packed_sequence_indices = lambda position_ids: None
-    _PADDED[0] = padded
     try:
         with AutocastEmulation(dtype, compiled):
             yield
