@@ -1,16 +1,21 @@
 """Fixtures for the unit tests: tiny randomly initialised models saved as local checkpoint folders
-(a BERT encoder with a declared mean pooling, a Llama decoder), and a small CSV task."""
+(a BERT encoder with a declared mean pooling, a Llama decoder), a small CSV task, a head-only grid,
+and helpers that run the bench in a real pytest process (`bench`, `run`, `records`)."""
 
 from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from lora_bench.catalog import EMBEDDED, embedded_path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 WORDS = {
     "sport": "match goal team league coach striker season cup final win",
@@ -104,3 +109,32 @@ def write_grid(folder: Path, text: str, name: str = "grid") -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+@pytest.fixture
+def head_grid(tmp_path, tiny_bert, csv_task) -> Path:
+    """Four head-only experiments: quick enough to run whole bench sessions in a test."""
+    return write_grid(tmp_path, f"""
+        name: tiny-head
+        axes:
+          model: {tiny_bert}
+          task: {csv_task}
+          method: head
+          n: [5, 10]
+          seed: [0, 1]
+          latency_rounds: 3
+        """)
+
+
+def bench(grid: Path, out: Path, *args: str) -> list[str]:
+    """The command line of a bench session over `grid` writing into `out`."""
+    return [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-p", "no:warnings", "--lb-grid", str(grid),
+            "--lb-out", str(out), *args]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*/records/*.json"))]

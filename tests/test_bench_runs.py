@@ -7,16 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from .conftest import write_grid
-
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ROOT, bench, records, run, write_grid
 
 
 @pytest.fixture
@@ -33,19 +30,6 @@ def tiny_grid(tmp_path, tiny_bert, csv_task) -> Path:
           epochs: 2
           latency_rounds: 3
         """)
-
-
-def bench(grid: Path, out: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-p", "no:warnings", "--lb-grid", str(grid),
-            "--lb-out", str(out), *args]
-
-
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def records(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(out.glob("*/records/*.json"))]
 
 
 def test_a_run_leaves_one_complete_record_per_experiment(tmp_path, tiny_grid):

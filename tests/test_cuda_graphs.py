@@ -15,7 +15,7 @@ from lora_bench.grid import resolve
 from lora_bench.runner import run
 from lora_bench.schema import SpecError
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: graphs are captured on one")
 
 
 def test_padded_rows_weigh_nothing_in_the_loss():

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from .conftest import write_grid
-from .test_bench_runs import bench, records, run
+from .conftest import bench, records, run, write_grid
 from .test_datacard import russian_task
 
 

@@ -15,8 +15,7 @@ from lora_bench import shard
 from lora_bench.cli import main as cli_main
 from lora_bench.grid import load_grid, resolve
 
-from .conftest import write_grid
-from .test_bench_runs import ROOT, bench, records, run
+from .conftest import ROOT, bench, records, run
 
 
 @pytest.mark.parametrize("text", ["0/2", "3/2", "1/0", "2", "a/b", "-1/2", "1/2/3", ""])
@@ -69,20 +68,6 @@ def test_the_proxy_prices_data_method_bits_and_model_size(monkeypatch):
     specs = load_grid("quick").specs
     costs, source = shard.costs(specs)
     assert source.startswith("proxy (the estimator failed: KeyError") and costs == [shard.proxy_cost(s) for s in specs]
-
-
-@pytest.fixture
-def head_grid(tmp_path, tiny_bert, csv_task):
-    return write_grid(tmp_path, f"""
-        name: tiny-head
-        axes:
-          model: {tiny_bert}
-          task: {csv_task}
-          method: head
-          n: [5, 10]
-          seed: [0, 1]
-          latency_rounds: 3
-        """)
 
 
 COMPARED = ["test_id", "status", "accuracy", "macro_f1", "weighted_f1", "loss", "val_accuracy", "val_macro_f1",

@@ -16,22 +16,7 @@ from lora_bench import workers
 from lora_bench.grid import load_grid
 from lora_bench.provenance import WORKER_ENV
 
-from .conftest import write_grid
-from .test_bench_runs import bench, records, run
-
-
-@pytest.fixture
-def head_grid(tmp_path, tiny_bert, csv_task) -> Path:
-    return write_grid(tmp_path, f"""
-        name: tiny-head
-        axes:
-          model: {tiny_bert}
-          task: {csv_task}
-          method: head
-          n: [5, 10]
-          seed: [0, 1]
-          latency_rounds: 3
-        """)
+from .conftest import bench, records, run
 
 
 @pytest.mark.parametrize(("worker", "visible", "count", "device"), [

@@ -95,8 +95,6 @@ def profile_case(model_name: str, batch: int, length: int, mode: str) -> dict:
               "gpu_ms_by_kind": {k: round(v, 2) for k, v in sorted(by_kind.items())},
               "graphs": graphs.info() if graphs is not None else None,
               "device": torch.cuda.get_device_name(device)}
-    del model, optimizer, graphs
-    torch.cuda.empty_cache()
     return {"summary": result, "table": table}
 
 
@@ -108,6 +106,7 @@ def main() -> None:
     summaries = []
     for case in CASES:
         profiled = profile_case(*case)
+        torch.cuda.empty_cache()   # the case's model is gone with its frame
         summaries.append(profiled["summary"])
         print(json.dumps(profiled["summary"]), flush=True)
         name = "-".join(str(c) for c in case).replace(":", "_")
