@@ -4,7 +4,9 @@ so each experiment starts with torch and transformers already loaded."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -52,7 +54,20 @@ def redirect_output(log_path: str) -> None:
         os.dup2(log, fd)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """The kernel kills this process when its parent dies (Linux). A killed xdist worker must not
+    leave its experiment running: on a GPU it would overlap the next experiment's measurements, and
+    its record would overwrite the "worker crashed" one. Under the CPU forkserver the parent is the
+    forkserver, which exits when the worker dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def child_main(payload: dict[str, Any], conn: Any) -> None:
+    die_with_parent()
     if payload.get("log_path"):
         redirect_output(payload["log_path"])
     record = payload["record"]

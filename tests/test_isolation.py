@@ -1,9 +1,15 @@
 """A crash, a signal, a timeout, an exception or a NaN loss in one experiment becomes a failed
-record with its reason; the parent goes on."""
+record with its reason; the parent goes on; and an experiment dies with the process that started it."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +105,50 @@ def test_nan_loss_stops_training_and_names_the_step(tiny_bert):
 def test_out_of_memory_reason():
     assert failure_reason(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == \
         "out of memory: CUDA out of memory. Tried to allocate 2 GiB"
+
+
+PARENT = textwrap.dedent("""
+    import multiprocessing, os, sys, time
+
+    from lora_bench.child import die_with_parent
+
+
+    def experiment(pid_file):
+        die_with_parent()
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)
+
+
+    if __name__ == "__main__":
+        multiprocessing.get_context("spawn").Process(target=experiment, args=(sys.argv[1],)).start()
+        time.sleep(120)
+    """)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")   # a zombie has already died
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux: the parent-death signal is Linux's")
+def test_an_experiment_dies_with_the_worker_that_started_it(tmp_path):
+    """A SIGKILLed worker leaves no experiment behind to overlap the next one or overwrite its record."""
+    (tmp_path / "parent.py").write_text(PARENT)
+    pid_file = tmp_path / "experiment.pid"
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"), str(pid_file)],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    experiment = int(pid_file.read_text())
+    assert _alive(experiment)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(experiment) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(experiment)
