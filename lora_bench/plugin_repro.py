@@ -140,6 +140,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = state_of(config)
     if state.verify_run is None and state.compare_run is None:
         return
+    if hasattr(config, "workerinput"):   # an xdist worker holds part of the run; the controller has it all
+        return
     if config.getoption("collectonly", False):
         return
     results, store = _bench_results(config)

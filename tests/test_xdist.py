@@ -92,3 +92,15 @@ def test_a_killed_worker_loses_only_its_experiment(tmp_path, head_grid, monkeypa
     (run_json,) = out.glob("*/run.json")
     assert json.loads(run_json.read_text())["counts"]["failed"] == 1 + len(lost)
     assert f"{victim}" in result.stdout.split("lora-bench run ")[1]
+
+
+def test_verify_under_xdist_checks_the_whole_run_once(tmp_path, head_grid):
+    """Workers hold part of the records: only the controller, which collects them all, verifies."""
+    out = tmp_path / "reports"
+    first = run(bench(head_grid, out, "--lb-run-id", "first"))
+    assert first.returncode == 0, first.stdout[-3000:]
+    again = run(bench(head_grid, out, "--lb-run-id", "again", "-n", "2", "--lb-verify", "first"))
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert again.stdout.count("lora-bench verify: OK") == 1
+    verdict = json.loads((out / "again" / "verify.json").read_text())
+    assert verdict["ok"] and not verdict["failures"] and verdict["compared"] == 4
