@@ -7,13 +7,20 @@ from typing import Any
 from .schema import BUDGETS
 
 
-def lookup(train_info: dict[str, Any], path: str) -> float | None:
+def value_at(train_info: dict[str, Any] | None, path: str) -> Any:
+    """A record's `train_info` value at a dotted path (`resources.peak_memory_gib`); None where missing."""
     node: Any = train_info
     for part in path.split("."):
         if not isinstance(node, dict) or node.get(part) is None:
             return None
         node = node[part]
-    return float(node)
+    return node
+
+
+def lookup(train_info: dict[str, Any], path: str) -> float | None:
+    """The number at `path`, for budgets and ratio targets."""
+    value = value_at(train_info, path)
+    return None if value is None else float(value)
 
 
 def violations(train_info: dict[str, Any], limits: dict[str, float]) -> list[dict[str, Any]]:

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .verify import _columns, by_test_id, env_lines, environment, fmt, lookup, open_run, parse_overrides
+from .budgets import value_at
+from .verify import _columns, by_test_id, env_lines, environment, fmt, open_run, parse_overrides
 
 
 @dataclass
@@ -168,7 +169,7 @@ def noise_floors(records: list[dict[str, Any]], thresholds: Thresholds) -> dict[
         if r["status"] != "ok":
             continue
         for metric, _ in QUALITY:
-            value = lookup(r["train_info"], metric)
+            value = value_at(r["train_info"], metric)
             if value is not None:
                 groups.setdefault((config_key(r), metric), []).append(float(value))
     floors = {}
@@ -211,7 +212,7 @@ def compare_records(old: list[dict[str, Any]], new: list[dict[str, Any]], thresh
         if a["run_info"]["spec_hash"] != b["run_info"]["spec_hash"]:
             result.notes.append(f"{test_id}: the spec changed since {old_name}")
         for metric, _ in QUALITY:
-            x, y = lookup(a["train_info"], metric), lookup(b["train_info"], metric)
+            x, y = value_at(a["train_info"], metric), value_at(b["train_info"], metric)
             if x is None or y is None:
                 continue
             floor, why = floors.get((config_key(a), metric), (thresholds.quality_margin, "fixed margin"))
@@ -219,7 +220,7 @@ def compare_records(old: list[dict[str, Any]], new: list[dict[str, Any]], thresh
             result.changes.append(Change(test_id, metric, float(x), float(y), delta, delta / x if x else None, why,
                                          failed=-delta > floor + 1e-12))
         for metric, _, rel_name, abs_name in COSTS:
-            x, y = lookup(a["train_info"], metric), lookup(b["train_info"], metric)
+            x, y = value_at(a["train_info"], metric), value_at(b["train_info"], metric)
             if x is None or y is None:
                 continue
             x, y = float(x), float(y)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .budgets import value_at
 from .storage import RunStore
 
 
@@ -105,15 +106,6 @@ def open_run(run: str | Path, root: str | Path = "reports") -> RunStore:
     return RunStore.open(Path(root), str(run))
 
 
-def lookup(train_info: dict[str, Any] | None, path: str) -> Any:
-    node: Any = train_info
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def by_test_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The last record per test id (a resumed run may hold a failed attempt and its rerun)."""
     out: dict[str, dict[str, Any]] = {}
@@ -151,7 +143,7 @@ def environment(records: list[dict[str, Any]], run_info: dict[str, Any] | None =
     for key in ("python", "hostname", "platform", "cpu_count"):
         env[f"host.{key}"] = host.get(key)
     env["source_hash"] = meta.get("source_hash")
-    modes = {lookup(r.get("train_info"), "determinism.deterministic") for r in records if r.get("train_info")}
+    modes = {value_at(r.get("train_info"), "determinism.deterministic") for r in records if r.get("train_info")}
     env["deterministic"] = ", ".join(sorted(str(m) for m in modes)) if modes else None
     return env
 
@@ -376,7 +368,7 @@ def verify_records(stored: list[dict[str, Any]], new: list[dict[str, Any]], stor
         ti_a, ti_b = a["train_info"], b["train_info"]
         metrics = sorted(set(ti_a.get("metrics", {})) | set(ti_b.get("metrics", {})))
         for metric in [f"metrics.{m}" for m in metrics] + list(RESULTS) + list(MEASUREMENTS):
-            old, new_value = lookup(ti_a, metric), lookup(ti_b, metric)
+            old, new_value = value_at(ti_a, metric), value_at(ti_b, metric)
             if metric in RESULTS and old is None and new_value is None:
                 continue  # not recorded by this version or this method
             tol = tolerance_for(metric, overrides)
@@ -419,7 +411,7 @@ def grid_for_verify(run_dir: str | Path) -> Path:
 def stored_deterministic(run_dir: str | Path) -> bool:
     """Whether the stored run's experiments ran in deterministic mode (recorded per experiment)."""
     store = open_run(run_dir)
-    return any(lookup(r.get("train_info"), "determinism.deterministic") for r in store.records())
+    return any(value_at(r.get("train_info"), "determinism.deterministic") for r in store.records())
 
 
 def parse_overrides(values: list[str], option: str) -> dict[str, float]:
