@@ -69,6 +69,25 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def linear_schedule(optimizer: torch.optim.Optimizer, examples: int,
+                    spec: ExperimentSpec) -> tuple[torch.optim.lr_scheduler.LambdaLR, int]:
+    """Linear warmup and decay over the run's optimizer steps (epochs of `examples`, capped by
+    `max_steps`); returns the scheduler and that step count."""
+    assert spec.epochs is not None and spec.grad_accum is not None
+    total_steps = math.ceil(math.ceil(examples / spec.batch_size) / spec.grad_accum) * spec.epochs
+    if spec.max_steps is not None:
+        total_steps = min(total_steps, spec.max_steps)
+    warmup = round(total_steps * (spec.warmup_ratio or 0.0))
+    return get_linear_schedule_with_warmup(optimizer, warmup, total_steps), total_steps
+
+
+def param_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """What the record keeps of the optimizer's groups: their sizes and peak learning rates (the
+    scheduler's `initial_lr`; a number even where CUDA graphs keep the rate in a tensor)."""
+    return [{"params": sum(p.numel() for p in g["params"]), "lr": float(g.get("initial_lr", g["lr"]))}
+            for g in optimizer.param_groups]
+
+
 def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: ExperimentSpec,
           device: torch.device, progress: Progress, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """AdamW over the trainable parameters unless the method brings its own `optimizer` (LoRA+).
@@ -87,12 +106,7 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
         optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay or 0.0, fused=fused)
     if graphed:
         make_capturable(optimizer, device)
-    steps_per_epoch = math.ceil(math.ceil(len(ids) / spec.batch_size) / spec.grad_accum)
-    total_steps = steps_per_epoch * spec.epochs
-    if spec.max_steps is not None:
-        total_steps = min(total_steps, spec.max_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(total_steps * (spec.warmup_ratio or 0.0)),
-                                                total_steps)
+    scheduler, total_steps = linear_schedule(optimizer, len(ids), spec)
     model.train()
     autocast = compute_dtypes(spec, device.type)[1]
     uncompile = compile_model(model, compile_mode)
@@ -172,7 +186,7 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
         "padding_fraction": 1 - tokens / max(padded, 1),
         "loss_curve": thin_curve(curve),
         "optimizer": type(optimizer).__name__.lower() + (" (fused)" if optimizer.defaults.get("fused") else ""),
-        "param_groups": [{"params": sum(p.numel() for p in g["params"]), "lr": g["lr"]} for g in optimizer.param_groups],
+        "param_groups": param_groups(optimizer),
     }
 
 

@@ -93,3 +93,13 @@ def test_replayed_graphs_train_as_eager_steps_do():
 
     for eager, graphed in zip(train(False), train(True)):
         torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_the_record_keeps_learning_rates_as_numbers_when_graphs_hold_them_in_tensors():
+    from lora_bench.train import linear_schedule, param_groups
+
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(3))], lr=2e-3)
+    optimizer.param_groups[0]["lr"] = torch.tensor(2e-3)     # as make_capturable leaves it on a GPU
+    linear_schedule(optimizer, 10, resolve({"model": "minilm-l6", "method": "lora", "n": 5, "batch_size": 5,
+                                            "epochs": 1, "warmup_ratio": 0.0}))
+    assert param_groups(optimizer) == [{"params": 3, "lr": pytest.approx(2e-3)}]

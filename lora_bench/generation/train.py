@@ -10,16 +10,14 @@ length-grouped order; the schedule, autocast and the non-finite stop are the cor
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
 from ..schema import ExperimentSpec
-from ..train import NonFiniteLoss, autocast_for, length_grouped_batches, thin_curve
+from ..train import NonFiniteLoss, autocast_for, length_grouped_batches, linear_schedule, param_groups, thin_curve
 
 IGNORE = -100
 Progress = Callable[[str], None]
@@ -63,11 +61,7 @@ def train(model: nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: in
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay or 0.0)
     lengths = [len(p) + len(t) for p, t in pairs]
-    steps_per_epoch = math.ceil(math.ceil(len(pairs) / spec.batch_size) / spec.grad_accum)
-    total_steps = steps_per_epoch * spec.epochs
-    if spec.max_steps is not None:
-        total_steps = min(total_steps, spec.max_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(total_steps * (spec.warmup_ratio or 0.0)), total_steps)
+    scheduler, total_steps = linear_schedule(optimizer, len(pairs), spec)
     model.train()
     curve: list[tuple[int, float]] = []
     tokens = target_tokens = padded = step = seen = 0
@@ -118,5 +112,5 @@ def train(model: nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: in
         "loss": "cross-entropy on target tokens only (prompt and padding masked)",
         "loss_curve": thin_curve(curve),
         "optimizer": type(optimizer).__name__.lower(),
-        "param_groups": [{"params": sum(p.numel() for p in g["params"]), "lr": g["lr"]} for g in optimizer.param_groups],
+        "param_groups": param_groups(optimizer),
     }

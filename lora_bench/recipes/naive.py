@@ -17,7 +17,7 @@ from torch import nn
 from ..data import Example
 from ..evaluate import metrics_from_logits
 from ..schema import ExperimentSpec
-from ..train import thin_curve
+from ..train import param_groups, thin_curve
 
 EVAL_BATCH = 8   # TrainingArguments' default per_device_eval_batch_size
 
@@ -105,8 +105,7 @@ def train_and_evaluate(model: nn.Module, tokenizer: Any, train_examples: list[Ex
         "padding_fraction": 1 - tokens / max(seen * spec.max_length, 1),
         "loss_curve": thin_curve(losses),
         "optimizer": trainer.optimizer.__class__.__name__.lower(),
-        "param_groups": [{"params": sum(p.numel() for p in g["params"]), "lr": g.get("initial_lr", g["lr"])}
-                         for g in trainer.optimizer.param_groups],
+        "param_groups": param_groups(trainer.optimizer),
         "eval_seconds": eval_seconds,
         "recipe": {"name": "naive", "trainer": True, "fp16": device.type == "cuda", "padding": "max_length",
                    "eval_batch_size": EVAL_BATCH},
