@@ -535,29 +535,38 @@ def bbc_root() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
 
 
+def bbc_articles() -> list[tuple[str, list[str]]]:
+    """(topic, non-empty lines) per BBC article, read from the files directly (the package's importer
+    prints and downloads); the first line is the headline. Classification and generation read these."""
+    root = bbc_root()
+    articles = []
+    for label in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        for file in sorted((root / label).glob("*.txt")):
+            lines = [ln.strip() for ln in _decode(file.read_bytes()).splitlines() if ln.strip()]
+            if lines:
+                articles.append((label, lines))
+    return articles
+
+
 def _read_bbc(text: str, body_words: int = BBC_BODY_WORDS) -> tuple[list[tuple[str, str]], list[str]]:
-    """Reads the article files directly (the package's importer prints and downloads). The first line
-    is the headline; with `headline+body` the rest, paragraphs joined, cut to `body_words` whitespace
+    """The headline; with `headline+body` the rest, paragraphs joined, cut to `body_words` whitespace
     words, follows on a new line."""
     if text not in BBC_TEXTS:
         raise SpecError("task.source.text", text, f"allowed: {', '.join(BBC_TEXTS)}")
-    root = bbc_root()
-    labels = sorted(p.name for p in root.iterdir() if p.is_dir())
     rows = []
-    for label in labels:
-        for file in sorted((root / label).glob("*.txt")):
-            lines = [ln.strip() for ln in _decode(file.read_bytes()).splitlines() if ln.strip()]
-            if not lines:
-                continue
-            if text == "headline":
-                rows.append((lines[0], label))
-            else:
-                body = " ".join(" ".join(lines[1:]).split()[:body_words])
-                rows.append((f"{lines[0]}\n{body}" if body else lines[0], label))
-    return rows, labels
+    for label, lines in bbc_articles():
+        if text == "headline":
+            rows.append((lines[0], label))
+        else:
+            body = " ".join(" ".join(lines[1:]).split()[:body_words])
+            rows.append((f"{lines[0]}\n{body}" if body else lines[0], label))
+    return rows, sorted({label for _, label in rows})
 
 
-def _read_file(source: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+def read_table(source: dict[str, Any], keys: tuple[str, str]) -> list[tuple[Any, Any]]:
+    """The two columns that `source[keys[0]]` and `source[keys[1]]` name, from a CSV, JSON Lines, JSON
+    or Parquet file at `source["path"]`, rows with a missing value dropped; a missing column is a
+    SpecError naming its key and the columns there are."""
     import pandas as pd
 
     path = Path(source["path"])
@@ -570,11 +579,14 @@ def _read_file(source: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]
         frame = pd.read_parquet(path)
     else:
         raise SpecError("task.source.path", str(path), "a .csv, .jsonl, .json or .parquet file")
-    for key in ("text_column", "label_column"):
+    for key in keys:
         if source[key] not in frame.columns:
             raise SpecError(f"task.source.{key}", source[key], f"columns of {path.name}: {', '.join(map(str, frame.columns))}")
-    frame = frame[[source["text_column"], source["label_column"]]].dropna()
-    rows = [(str(t), _label_str(lab)) for t, lab in frame.itertuples(index=False)]
+    return list(frame[[source[keys[0]], source[keys[1]]]].dropna().itertuples(index=False, name=None))
+
+
+def _read_file(source: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    rows = [(str(t), _label_str(lab)) for t, lab in read_table(source, ("text_column", "label_column"))]
     return rows, sorted({lab for _, lab in rows})
 
 

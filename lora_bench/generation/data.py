@@ -327,33 +327,11 @@ def _from_classification(task: GenTask) -> GenData:
 
 def _read_bbc() -> list[tuple[str, str]]:
     """(body, headline) per article: the first line is the headline, the paragraphs after it the body."""
-    root = core_data.bbc_root()
-    rows = []
-    for label in sorted(p.name for p in root.iterdir() if p.is_dir()):
-        for file in sorted((root / label).glob("*.txt")):
-            lines = [ln.strip() for ln in core_data._decode(file.read_bytes()).splitlines() if ln.strip()]
-            if len(lines) >= 2:
-                rows.append(("\n".join(lines[1:]), lines[0]))
-    return rows
+    return [("\n".join(lines[1:]), lines[0]) for _, lines in core_data.bbc_articles() if len(lines) >= 2]
 
 
 def _read_file(source: dict[str, Any]) -> list[tuple[str, str]]:
-    import pandas as pd
-
-    path = Path(source["path"])
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        frame = pd.read_csv(path)
-    elif suffix in (".jsonl", ".json"):
-        frame = pd.read_json(path, lines=suffix == ".jsonl")
-    else:
-        frame = pd.read_parquet(path)
-    for key in ("prompt_column", "target_column"):
-        if source[key] not in frame.columns:
-            raise SpecError(f"task.source.{key}", source[key],
-                            f"columns of {path.name}: {', '.join(map(str, frame.columns))}")
-    frame = frame[[source["prompt_column"], source["target_column"]]].dropna()
-    return [(str(p), str(t)) for p, t in frame.itertuples(index=False)]
+    return [(str(p), str(t)) for p, t in core_data.read_table(source, ("prompt_column", "target_column"))]
 
 
 def max_n(task_name: str) -> int:
