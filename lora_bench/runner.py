@@ -3,6 +3,7 @@ evaluation, latency (unmerged and merged), resources and the saved adapter. Retu
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +13,7 @@ import torch
 from . import data, determinism, flops, memory_fit
 from .compiling import padded_length, uses_graphs
 from .evaluate import evaluate, run_batched
-from .latency import measure_latency
+from .latency import measure_latencies, measure_latency
 from .methods import method_module
 from .models import LoadedModel, load_classifier, load_tokenizer
 from .quantization import frozen_weight_bytes, logical_parameters
@@ -23,6 +24,7 @@ from .targets import resolve_targets
 from .train import encode, pad_target, train
 
 Progress = Callable[[str], None]
+BASE_COPY_LIMIT = 8 * 2**30   # host bytes a 16-bit base may take to be timed beside its merged model
 MERGE_CHECK_EXAMPLES = 32   # test examples whose logits compare the merged model with the unmerged one
 SHAPE_EVAL_EXAMPLES = 64    # a weightless shape's inference is timed on this many examples only
 
@@ -74,11 +76,25 @@ def prepare_base(loaded: LoadedModel, spec: ExperimentSpec) -> dict[str, Any]:
     return done
 
 
+def base_copy(model: torch.nn.Module, spec: ExperimentSpec) -> dict[str, torch.Tensor] | str:
+    """The 16-bit base's weights on the host, taken before the method touches them (PiSSA and OLoRA
+    rewrite them), so that merged and base can be timed side by side after training; or why not."""
+    if spec.quantized:
+        return "quantized base: its merged model is requantized, and bitsandbytes' weights do not copy back"
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if size > BASE_COPY_LIMIT:
+        return f"base of {size / 2**30:.1f} GiB: above the {BASE_COPY_LIMIT / 2**30:.0f} GiB kept on the host for it"
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def merged_inference(model: torch.nn.Module, spec: ExperimentSpec, loaded: LoadedModel, task: data.TaskData,
-                     device: torch.device, unmerged_logits: torch.Tensor) -> dict[str, Any]:
+                     device: torch.device, unmerged_logits: torch.Tensor,
+                     base_state: dict[str, torch.Tensor] | str) -> dict[str, Any]:
     """Merge the adapter into the base where peft offers it and measure what merging gives.
     Over a 4-bit or 8-bit base peft dequantizes, adds the update and quantizes again (lossy);
-    the logit difference against the unmerged model says how lossy."""
+    the logit difference against the unmerged model says how lossy. With `base_state` (`base_copy`)
+    the base is rebuilt and timed in alternation with the merged model: the latency ratio then holds
+    no drift between a measurement before training and one after."""
     if not hasattr(model, "merge_and_unload"):
         return {"offered": False, "why": "no adapter to merge"}
     try:
@@ -92,12 +108,27 @@ def merged_inference(model: torch.nn.Module, spec: ExperimentSpec, loaded: Loade
     timed = task.test[:SHAPE_EVAL_EXAMPLES] if loaded.weightless else task.test
     run_batched(merged, loaded.tokenizer, timed, spec.max_length, device, pad_to)
     seconds = time.perf_counter() - start
+    if isinstance(base_state, dict):   # the base rebuilt beside the merged model, both timed in alternation
+        try:
+            base = copy.deepcopy(merged)
+            base.load_state_dict(base_state)
+            timed_pair = measure_latencies({"merged": merged, "base": base}, loaded.tokenizer, task.test,
+                                           spec.latency_rounds, spec.max_length, device, pad_to)
+            del base
+            latency, base_latency = timed_pair["merged"], timed_pair["base"]
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            base_state = f"the base could not be rebuilt beside the merged model: {type(exc).__name__}: {exc}"
+    if not isinstance(base_state, dict):
+        latency = measure_latency(merged, loaded.tokenizer, task.test, spec.latency_rounds, spec.max_length,
+                                  device, pad_to)
+        base_latency = {"not_measured": base_state}
     return {
         "offered": True,
         "kind": "dequantize-merge-requantize" if spec.quantized else "exact merge",
         "max_abs_logit_diff": float((logits - unmerged_logits).abs().max()),
-        "latency": measure_latency(merged, loaded.tokenizer, task.test, spec.latency_rounds, spec.max_length,
-                                   device, pad_to),
+        "latency": latency,
+        "base_latency": base_latency,
+        "latency_ratio": latency["median_ms"] / base_latency["median_ms"] if "median_ms" in base_latency else None,
         "throughput_examples_per_second": len(timed) / seconds,
     }
 
@@ -139,6 +170,7 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
     elif spec.method in ADAPTER_METHODS:  # the base alone, for the merged and unmerged overheads
         base_latency = measure_latency(loaded.model, loaded.tokenizer, task.test, spec.latency_rounds,
                                        spec.max_length, device, pad_to)
+    base_state = base_copy(loaded.model, spec) if spec.method in ADAPTER_METHODS else "not an adapter method"
     reset_peak(device)
     base = prepare_base(loaded, spec)
     model = method.prepare(loaded, spec, targets)
@@ -184,7 +216,7 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
     if spec.method in ADAPTER_METHODS:
         progress("measuring merged inference")
         unmerged = run_batched(model, tokenizer, task.test[:MERGE_CHECK_EXAMPLES], spec.max_length, device, pad_to)
-        merged = merged_inference(model, spec, loaded, task, device, unmerged)
+        merged = merged_inference(model, spec, loaded, task, device, unmerged, base_state)
     metrics = {k: test[k] for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "prediction_entropy")}
     metrics.update({f"val_{k}": val[k] for k in ("accuracy", "macro_f1", "loss")})
     predictions = {"test": test["predictions"], "test_labels": test["labels"], "val": val["predictions"]}

@@ -222,3 +222,34 @@ def test_compiled_layers_share_one_graph_because_training_keeps_no_kv_cache():
     assert counters["stats"]["unique_graphs"] <= 2
     for layer in layers:
         layer._compiled_call_impl = None
+
+
+def test_merged_and_a_rebuilt_base_are_timed_side_by_side(tiny_bert, csv_task):
+    spec = resolve({"model": str(tiny_bert), "task": str(csv_task), "method": "lora", "n": 8, "epochs": 1,
+                    "latency_rounds": 3})
+    merged = run(spec, Path(tempfile.mkdtemp()), lambda m: None)["inference"]["merged"]
+    assert merged["kind"] == "exact merge"
+    assert merged["base_latency"]["stats"]["rounds"] == merged["latency"]["stats"]["rounds"] == 3
+    assert merged["latency_ratio"] == pytest.approx(merged["latency"]["median_ms"] / merged["base_latency"]["median_ms"])
+
+
+def test_interleaved_timing_alternates_the_calls_round_by_round():
+    from lora_bench.latency import time_interleaved
+
+    order = []
+    out = time_interleaved({"a": lambda i: order.append(("a", i)), "b": lambda i: order.append(("b", i))},
+                           rounds=2, device=torch.device("cpu"), warmup=1)
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    assert out["a"]["stats"]["rounds"] == out["b"]["stats"]["rounds"] == 2
+
+
+def test_no_base_copy_for_quantized_or_oversized_bases(monkeypatch):
+    from lora_bench import runner
+
+    model = torch.nn.Linear(64, 64)
+    quantized = resolve({"model": "minilm-l6", "method": "lora", "bits": "4-nf4"})
+    assert runner.base_copy(model, quantized).startswith("quantized base")
+    plain = resolve({"model": "minilm-l6", "method": "lora"})
+    assert set(runner.base_copy(model, plain)) == {"weight", "bias"}
+    monkeypatch.setattr(runner, "BASE_COPY_LIMIT", 1024)
+    assert runner.base_copy(model, plain).startswith("base of 0.0 GiB: above")

@@ -132,6 +132,7 @@ def record_row(record: dict[str, Any], run_name: str) -> dict[str, Any]:
     inference = info.get("inference") or {}
     row["base_latency_ms"] = (inference.get("base_latency") or {}).get("median_ms")
     row["merged_latency_ms"] = (((inference.get("merged") or {}).get("latency")) or {}).get("median_ms")
+    row["merged_base_ratio"] = (inference.get("merged") or {}).get("latency_ratio")   # timed in alternation
     params = info.get("params") or {}
     row["trainable_params"], row["total_params"] = params.get("trainable"), params.get("total")
     row.update(_provenance_columns(meta))
