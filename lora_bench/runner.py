@@ -76,9 +76,11 @@ def prepare_base(loaded: LoadedModel, spec: ExperimentSpec) -> dict[str, Any]:
     return done
 
 
-def base_copy(model: torch.nn.Module, spec: ExperimentSpec) -> dict[str, torch.Tensor] | str:
+def base_copy(model: torch.nn.Module, spec: ExperimentSpec, device: torch.device) -> dict[str, torch.Tensor] | str:
     """The 16-bit base's weights on the host, taken before the method touches them (PiSSA and OLoRA
     rewrite them), so that merged and base can be timed side by side after training; or why not."""
+    if device.type != "cuda":
+        return "on a CPU the host copy of the base would count in the process's peak memory"
     if spec.quantized:
         return "quantized base: its merged model is requantized, and bitsandbytes' weights do not copy back"
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -170,7 +172,7 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
     elif spec.method in ADAPTER_METHODS:  # the base alone, for the merged and unmerged overheads
         base_latency = measure_latency(loaded.model, loaded.tokenizer, task.test, spec.latency_rounds,
                                        spec.max_length, device, pad_to)
-    base_state = base_copy(loaded.model, spec) if spec.method in ADAPTER_METHODS else "not an adapter method"
+    base_state = base_copy(loaded.model, spec, device) if spec.method in ADAPTER_METHODS else "not an adapter method"
     reset_peak(device)
     base = prepare_base(loaded, spec)
     model = method.prepare(loaded, spec, targets)

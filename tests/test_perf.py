@@ -224,9 +224,17 @@ def test_compiled_layers_share_one_graph_because_training_keeps_no_kv_cache():
         layer._compiled_call_impl = None
 
 
-def test_merged_and_a_rebuilt_base_are_timed_side_by_side(tiny_bert, csv_task):
+def test_merged_and_a_rebuilt_base_are_timed_side_by_side(tiny_bert, csv_task, monkeypatch):
+    """On a GPU; here the CPU stands in for it (on a CPU the copy is refused: it would count in the peak)."""
+    from lora_bench import runner
+
     spec = resolve({"model": str(tiny_bert), "task": str(csv_task), "method": "lora", "n": 8, "epochs": 1,
                     "latency_rounds": 3})
+    refused = run(spec, Path(tempfile.mkdtemp()), lambda m: None)["inference"]["merged"]
+    assert refused["base_latency"] == {"not_measured": runner.base_copy(None, spec, torch.device("cpu"))}
+    assert refused["latency_ratio"] is None
+    copy = runner.base_copy
+    monkeypatch.setattr(runner, "base_copy", lambda model, spec, device: copy(model, spec, torch.device("cuda")))
     merged = run(spec, Path(tempfile.mkdtemp()), lambda m: None)["inference"]["merged"]
     assert merged["kind"] == "exact merge"
     assert merged["base_latency"]["stats"]["rounds"] == merged["latency"]["stats"]["rounds"] == 3
@@ -246,10 +254,11 @@ def test_interleaved_timing_alternates_the_calls_round_by_round():
 def test_no_base_copy_for_quantized_or_oversized_bases(monkeypatch):
     from lora_bench import runner
 
-    model = torch.nn.Linear(64, 64)
+    model, gpu = torch.nn.Linear(64, 64), torch.device("cuda")
     quantized = resolve({"model": "minilm-l6", "method": "lora", "bits": "4-nf4"})
-    assert runner.base_copy(model, quantized).startswith("quantized base")
+    assert runner.base_copy(model, quantized, gpu).startswith("quantized base")
     plain = resolve({"model": "minilm-l6", "method": "lora"})
-    assert set(runner.base_copy(model, plain)) == {"weight", "bias"}
+    assert set(runner.base_copy(model, plain, gpu)) == {"weight", "bias"}
+    assert runner.base_copy(model, plain, torch.device("cpu")).startswith("on a CPU")
     monkeypatch.setattr(runner, "BASE_COPY_LIMIT", 1024)
-    assert runner.base_copy(model, plain).startswith("base of 0.0 GiB: above")
+    assert runner.base_copy(model, plain, gpu).startswith("base of 0.0 GiB: above")
