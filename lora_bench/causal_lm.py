@@ -165,7 +165,7 @@ def estimate(spec: ExperimentSpec) -> MemoryEstimate:
 
 
 def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None]) -> dict[str, Any]:
-    from .compiling import compile_model, uses_graphs
+    from .compiling import compile_model, mode_of, uses_graphs
     from .cuda_graphs import GraphedSteps, make_capturable
 
     wall_start = time.perf_counter()
@@ -185,15 +185,16 @@ def run(spec: ExperimentSpec, adapter_dir: Any, progress: Callable[[str], None])
     optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay or 0.0, fused=fused)
     step_loss = loss_fn(spec)
     steps = spec.max_steps or math.ceil(spec.n / spec.batch_size) * (spec.epochs or 1)
-    compile_mode = spec.compile if spec.recipe == "lora-bench" else "off"
+    compile_mode = mode_of(spec)
+    graphed = uses_graphs(compile_mode)
     uncompile = compile_model(causal_lm_of(model).get_decoder(), compile_mode)
 
     def micro_loss(input_ids: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None, cache_enabled=graphs is None):
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None, cache_enabled=not graphed):
             return step_loss(model, input_ids)[0]
 
     graphs = None
-    if uses_graphs(compile_mode):
+    if graphed:
         make_capturable(optimizer, device)
         graphs = GraphedSteps(micro_loss, optimizer, device)
     reset_peak(device)

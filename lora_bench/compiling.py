@@ -16,7 +16,7 @@ from typing import Callable
 
 from torch import nn
 
-from .schema import COMPILE_MODES
+from .schema import COMPILE_MODES, ExperimentSpec
 
 BUCKET = 32
 
@@ -27,6 +27,11 @@ def layer_stack(model: nn.Module) -> nn.ModuleList:
     if not lists:
         raise ValueError("compile: layers: the model has no layer list to compile")
     return max(lists, key=len)
+
+
+def mode_of(spec: ExperimentSpec) -> str:
+    """The compile mode an experiment runs with: only the lora-bench recipe compiles or captures."""
+    return spec.compile if spec.recipe == "lora-bench" else "off"
 
 
 def uses_graphs(mode: str) -> bool:

@@ -123,8 +123,9 @@ class GraphedSteps:
         return loss.detach()
 
     def _eager_step(self) -> None:
+        """Warm-up and fallback steps: gradients stay allocated, where the captured graphs accumulate."""
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=not self.enabled)
+        self.optimizer.zero_grad(set_to_none=False)
 
     def _on_side_stream(self, work: Callable[[], Any]) -> Any:
         assert self.side is not None

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .compiling import layer_stack, mode_of
 from .schema import ExperimentSpec
 
 GIB = 2**30
@@ -158,6 +159,7 @@ def priced_as_cuda(dtype: torch.dtype | None, padded: bool = False, compiled: bo
     from transformers import masking_utils
 
     saved = torch.nn.functional.scaled_dot_product_attention, masking_utils.find_packed_sequence_indices
+
     def attention(*args: Any, **kwargs: Any) -> torch.Tensor:   # a function: dynamo traces no partial
         return fused_attention(*args, padded=padded, **kwargs)
 
@@ -188,8 +190,6 @@ def traced_as_compiled(model: nn.Module) -> Iterator[None]:
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.partitioners import min_cut_rematerialization_partition
     from torch._inductor.fx_passes.replace_random import replace_random_passes
-
-    from .compiling import layer_stack
 
     def partition(joint: Any, inputs: Any, **kwargs: Any) -> Any:
         replace_random_passes(joint)
@@ -257,7 +257,7 @@ def predict(model: nn.Module, spec: ExperimentSpec, step: Callable[[], Any], bat
         activations, transient = 0.0, 0.0
         notes.append("head-only: features are computed without gradients; inference activations not priced")
     else:
-        compiled = spec.recipe == "lora-bench" and spec.compile == "layers"
+        compiled = mode_of(spec) == "layers"
         if compiled:
             notes.append("compiled layers: saved tensors as inductor's partitioner keeps them")
         trace = trace_saved(model, step, compute_dtype, padded, compiled)

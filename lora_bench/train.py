@@ -16,7 +16,7 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .compiling import compile_model, padded_length, uses_graphs
+from .compiling import compile_model, mode_of, padded_length, uses_graphs
 from .cuda_graphs import GraphedSteps, make_capturable, pad_rows
 from .data import Example
 from .recipes import compute_dtypes
@@ -98,7 +98,7 @@ def train(model: nn.Module, tokenizer: Any, examples: list[Example], spec: Exper
     ids = encode(tokenizer, examples, spec.max_length)
     labels = torch.tensor([e.label for e in examples])
     lengths = [len(x) for x in ids]
-    compile_mode = spec.compile if spec.recipe == "lora-bench" else "off"
+    compile_mode = mode_of(spec)
     graphed = uses_graphs(compile_mode)
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]
