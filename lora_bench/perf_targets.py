@@ -149,3 +149,27 @@ def evaluate(target: Target, records: list[dict[str, Any]]) -> dict[str, Any]:
     result["passed"] = all(ok for ok, _ in verdicts)
     result["reason"] = "; ".join(text for _, text in verdicts)
     return result
+
+
+def side_by_side_groups(targets: list[Target], specs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each experiment's group: experiments that a target compares with each other share one, named
+    after the first of them in test-id order, so that xdist (`--dist loadgroup`) and `--lb-shard` keep
+    a ratio's two sides on one GPU. A target whose ratio lies within one record (`baseline_metric`)
+    links nothing; an experiment no target links is a group of its own."""
+    parent = {test_id: test_id for test_id in specs}
+
+    def root(test_id: str) -> str:
+        while parent[test_id] != test_id:
+            parent[test_id] = parent[parent[test_id]]
+            test_id = parent[test_id]
+        return test_id
+
+    for target in targets:
+        if target.baseline_metric is not None:
+            continue
+        linked = sorted(t for t, spec in specs.items()
+                        if target.matches(spec, "baseline") or target.matches(spec, "candidate"))
+        for test_id in linked[1:]:
+            a, b = sorted((root(linked[0]), root(test_id)))
+            parent[b] = a
+    return {test_id: root(test_id) for test_id in specs}

@@ -109,17 +109,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     costs, source = shard.costs([_spec(item) for item in experiments.values()])
     cost = dict(zip(experiments, costs))
+    group = session.side_by_side
     if session.shard is not None:
         index, count = session.shard
-        mine = set(shard.split(cost, count)[index - 1])
+        mine = set(shard.split(cost, count, group)[index - 1])
         others = [item for test_id, item in experiments.items() if test_id not in mine]
         if others:
             config.hook.pytest_deselected(items=others)
             items[:] = [item for item in items if _spec(item) is None or item.callspec.id in mine]
         session.shard_note = (f"lora-bench shard {index}/{count}: {len(mine)} of {len(experiments)} experiments, "
                               f"{sum(cost[t] for t in mine) / (sum(costs) or 1):.0%} of the predicted cost ({source})")
-    if session.worker is not None:  # costliest first: xdist hands tests out in collection order
-        items.sort(key=lambda item: -cost.get(item.callspec.id, 0.0) if _spec(item) is not None else 0.0)
+    if session.worker is not None:  # costliest group first: xdist hands tests out in collection order
+        group_cost: dict[str, float] = {}
+        for test_id, c in cost.items():
+            group_cost[group[test_id]] = group_cost.get(group[test_id], 0.0) + c
+        items.sort(key=lambda item: (-group_cost[group[item.callspec.id]], group[item.callspec.id],
+                                     -cost[item.callspec.id]) if _spec(item) is not None else (0.0, "", 0.0))
 
 
 def _spec(item: pytest.Item) -> ExperimentSpec | None:

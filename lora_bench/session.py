@@ -7,6 +7,7 @@ report."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -92,6 +93,13 @@ class BenchSession:
             except GridError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self._grid
+
+    @functools.cached_property
+    def side_by_side(self) -> dict[str, str]:
+        """Each of the grid's test ids -> its group of experiments that a ratio target compares."""
+        from .perf_targets import side_by_side_groups
+
+        return side_by_side_groups(self.grid.targets, {tid: spec.to_dict() for tid, spec in zip(self.grid.ids, self.grid.specs)})
 
     def spec_with_budgets(self, spec: ExperimentSpec) -> ExperimentSpec:
         if not self.budget_overrides:

@@ -3,7 +3,9 @@ grid, so the N shards are disjoint and together cover it, and no host needs to t
 
 Shards are balanced by predicted cost with greedy longest-processing-time: experiments sorted by
 (cost descending, test id), each given to the shard with the least cost so far (the lowest index on
-a tie). The largest shard then costs at most the mean plus the costliest experiment.
+a tie). The largest shard then costs at most the mean plus the costliest experiment. Experiments that
+a ratio target compares (lora_bench.perf_targets.side_by_side_groups) go to one shard together: a
+ratio is only measured side by side on one machine.
 
 The cost is `lora_bench.estimate.predicted_cost(spec)` where that exists; otherwise `proxy_cost`.
 Either way it is relative: only the ratios between experiments matter.
@@ -97,12 +99,18 @@ def costs(specs: list[ExperimentSpec]) -> tuple[list[float], str]:
     return [proxy_cost(s) for s in specs], "proxy"
 
 
-def split(cost_by_id: dict[str, float], count: int) -> list[list[str]]:
-    """Greedy longest-processing-time: the test ids of each of `count` shards, costliest first."""
+def split(cost_by_id: dict[str, float], count: int, groups: dict[str, str] | None = None) -> list[list[str]]:
+    """Greedy longest-processing-time over groups (`groups` maps a test id to its group; by default
+    each experiment is its own): the test ids of each of `count` shards, costliest first. A group
+    stays whole, so that the two sides of a grid's ratio target run on one host."""
+    members: dict[str, list[str]] = {}
+    for test_id in cost_by_id:
+        members.setdefault((groups or {}).get(test_id, test_id), []).append(test_id)
+    unit_cost = {unit: sum(cost_by_id[t] for t in ids) for unit, ids in members.items()}
     shards: list[list[str]] = [[] for _ in range(count)]
     loads = [0.0] * count
-    for test_id in sorted(cost_by_id, key=lambda t: (-cost_by_id[t], t)):
+    for unit in sorted(unit_cost, key=lambda u: (-unit_cost[u], u)):
         target = min(range(count), key=lambda k: (loads[k], k))
-        shards[target].append(test_id)
-        loads[target] += cost_by_id[test_id]
-    return shards
+        shards[target].extend(members[unit])
+        loads[target] += unit_cost[unit]
+    return [sorted(ids, key=lambda t: (-cost_by_id[t], t)) for ids in shards]

@@ -8,6 +8,10 @@
   K-th visible device (the K-th entry of a CUDA_VISIBLE_DEVICES already set, modulo their number), and
   the experiment processes it starts inherit the pin.
 - A worker that dies loses only the experiment it was running: the controller records it as failed.
+- `--dist loadgroup` keeps the experiments that a grid's ratio target compares on one worker, so one
+  GPU measures both sides of the ratio (`SideBySideScheduling`). It does not rely on `xdist_group`
+  marks: pytest 9.2's structured node ids drop the group suffix xdist's loadgroup adds to them
+  (pytest-xdist issue #1386).
 - pytest-benchmark switches itself off under xdist; nothing here needs it (latency is timed by
   `lora_bench.latency`, which borrows only pytest-benchmark's statistics).
 """
@@ -20,6 +24,7 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from .provenance import WORKER_ENV
 
@@ -93,6 +98,19 @@ def param_id(nodeid: str) -> str | None:
     return match.group(1) if match else None
 
 
+class SideBySideScheduling(LoadScopeScheduling):
+    """xdist's scope scheduling with lora-bench's groups as scopes: whole groups go to one worker,
+    the costliest first (the workers' collection order). A test outside every group is its own scope."""
+
+    def __init__(self, config: pytest.Config, log: Any, groups: dict[str, str]):
+        super().__init__(config, log)
+        self.groups = groups
+
+    def _split_scope(self, nodeid: str) -> str:
+        test_id = param_id(nodeid)
+        return f"lora-bench-group:{self.groups[test_id]}" if test_id in self.groups else nodeid
+
+
 class Controller:
     """The controller's side: hand the run folder out, say what is about to run, gather every reported
     record, and record the experiment of a worker that died."""
@@ -105,6 +123,15 @@ class Controller:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[WORKER_INPUT] = {"run_dir": str(self.session.run_dir), "started": self.session.started}
+
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        try:
+            return SideBySideScheduling(config, log, self.session.side_by_side)
+        except pytest.UsageError:
+            return None  # the workers report the broken grid
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -125,6 +152,12 @@ class Controller:
             self.session.shard_note = f"lora-bench shard {self.session.shard[0]}/{self.session.shard[1]}: " \
                                       f"{len(specs)} experiments"
         self.session.preflight(specs)
+        if self.session.config.getvalue("dist") != "loadgroup":
+            groups = [self.session.side_by_side[t] for t in self.expected]
+            if len(set(groups)) < len(groups):
+                self.session.say(f"lora-bench: the grid's ratio targets compare experiments that --dist "
+                                 f"{self.session.config.getvalue('dist')} may run on different GPUs; "
+                                 f"--dist loadgroup keeps each target's experiments on one")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:

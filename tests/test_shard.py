@@ -14,6 +14,7 @@ import pytest
 from lora_bench import shard
 from lora_bench.cli import main as cli_main
 from lora_bench.grid import load_grid, resolve
+from lora_bench.perf_targets import side_by_side_groups
 
 from .conftest import ROOT, bench, records, run
 
@@ -41,6 +42,23 @@ def test_shards_are_disjoint_cover_the_grid_and_are_balanced():
         assert max(loads) <= sum(cost.values()) / count + max(cost.values())  # list scheduling's bound
         reordered = dict(sorted(cost.items(), key=lambda kv: rng.random()))
         assert shard.split(reordered, count) == shards  # every host computes the same split
+
+
+def test_a_targets_experiments_stay_on_one_shard():
+    """perf.yaml's ratios are measured side by side: each target's two sides land on one shard;
+    a ratio inside one record (merged vs base latency) ties nothing together."""
+    grid = load_grid("perf")
+    groups = side_by_side_groups(grid.targets, {t: s.to_dict() for t, s in zip(grid.ids, grid.specs)})
+    members: dict[str, list[str]] = {}
+    for test_id, group in groups.items():
+        members.setdefault(group, []).append(test_id)
+    sizes = sorted(len(m) for m in members.values())
+    assert sizes == [1] + [2] * 8 + [3, 6], sizes  # SmolLM2 LoRA: naive and lora-bench, 3 seeds
+    for count in (2, 3, 5):
+        shards = shard.split(dict(zip(grid.ids, shard.costs(grid.specs)[0])), count, groups)
+        assert sorted(t for s in shards for t in s) == sorted(grid.ids)
+        home = {t: i for i, s in enumerate(shards) for t in s}
+        assert all(len({home[t] for t in m}) == 1 for m in members.values())
 
 
 def test_the_split_of_a_real_grid_is_the_same_every_time():

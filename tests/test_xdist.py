@@ -104,3 +104,23 @@ def test_verify_under_xdist_checks_the_whole_run_once(tmp_path, head_grid):
     assert again.stdout.count("lora-bench verify: OK") == 1
     verdict = json.loads((out / "again" / "verify.json").read_text())
     assert verdict["ok"] and not verdict["failures"] and verdict["compared"] == 4
+
+
+def test_loadgroup_keeps_a_targets_two_sides_on_one_worker(tmp_path, head_grid):
+    """A ratio is measured side by side on one GPU: with `--dist loadgroup` the experiments a target
+    compares run on one worker; the others still spread."""
+    grid = tmp_path / "paired.yaml"
+    grid.write_text(head_grid.read_text() + textwrap.dedent("""
+        targets:
+          - {name: ten vs five examples, metric: resources.train_seconds, where: {seed: 0},
+             baseline: {n: 5}, candidate: {n: 10}, max_ratio: 1000}
+        """))
+    out = tmp_path / "reports"
+    result = run(bench(grid, out, "-n", "2", "--dist", "loadgroup"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    found = records(out)
+    assert len(found) == 4 and all(r["status"] == "ok" for r in found)
+    paired = {r["meta_info"]["host"]["worker"] for r in found if r["run_info"]["spec"]["seed"] == 0}
+    assert len(paired) == 1, paired
+    assert {r["meta_info"]["host"]["worker"] for r in found} == {"gw0", "gw1"}
+    assert "5 passed" in result.stdout  # four experiments and the target
