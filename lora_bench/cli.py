@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import estimate_check
 from .datacard_cli import add_data_parser, run_data
 from .report.cli import add_report_parser, run_report
 from .storage import RunStore
@@ -50,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--csv", type=Path, help="also write the table as CSV")
     add_report_parser(sub)
     add_data_parser(sub)
+    estimate_check.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "report":
         return run_report(args)
     if args.command == "data":
         return run_data(args)
+    if args.command == "estimate-check":
+        return estimate_check.run(args)
     try:
         table = records_table(args.runs)
     except FileNotFoundError as exc:

@@ -36,9 +36,14 @@ from .schema import ExperimentSpec
 GIB = 2**30
 ADAMW_STATES = 2                       # exp_avg and exp_avg_sq, fp32 like the parameter they follow
 NF4_BLOCK, DQ_BLOCK = 64, 256          # bitsandbytes 4-bit blocksize; double quantization's second level
-# cuBLAS takes a 32 MiB workspace per thread from the caching allocator on Hopper: one for the
-# forward (main) thread and one for autograd's backward thread
-CUDA_WORKSPACES = 2 * 32 * 2**20
+# cuBLAS takes a 32 MiB workspace from the caching allocator on Hopper for each (thread's handle,
+# stream) it runs on: one for the forward (main) thread and one for autograd's backward thread.
+# Steps in CUDA graphs (lora_bench.cuda_graphs) also run on the warm-up side stream and the capture
+# stream, each from both threads: four more (measured on an H200, 2026-11-28: 0.13-0.16 GiB more
+# than the eager twin's prediction).
+CUDA_WORKSPACE = 32 * 2**20
+CUDA_WORKSPACES = 2 * CUDA_WORKSPACE
+GRAPH_WORKSPACES = 4 * CUDA_WORKSPACE
 
 
 @dataclass
@@ -275,7 +280,11 @@ def predict(model: nn.Module, spec: ExperimentSpec, step: Callable[[], Any], bat
             layers = model.config.num_hidden_layers
             activations += (full.saved_bytes - trace.saved_bytes) / layers
             notes.append(f"gradient checkpointing: {layers} layer inputs kept (traced), one layer recomputed at a time")
-    peak = weights + trainable + optimizer + max(activations + transient, grads) + CUDA_WORKSPACES
+    workspaces = CUDA_WORKSPACES
+    if spec.method != "head" and mode_of(spec) == "graphs":
+        workspaces += GRAPH_WORKSPACES
+        notes.append("CUDA graphs: cuBLAS workspaces of the warm-up and capture streams")
+    peak = weights + trainable + optimizer + max(activations + transient, grads) + workspaces
     return MemoryEstimate(weights / GIB, trainable / GIB, grads / GIB, optimizer / GIB, activations / GIB,
                           transient / GIB, peak / GIB, batch_size, seq_len, notes)
 

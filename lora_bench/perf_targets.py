@@ -118,10 +118,11 @@ def evaluate(target: Target, records: list[dict[str, Any]]) -> dict[str, Any]:
     paths = {"baseline": target.baseline_metric or target.metric, "candidate": target.metric}
     values = {side: [v for v in (metric(r, paths[side]) for r in rs) if v is not None] for side, rs in groups.items()}
     devices = sorted({(r.get("meta_info") or {}).get("device", {}).get("name") or "?" for rs in groups.values() for r in rs})
+    placements = sorted({placement(r) for rs in groups.values() for r in rs})
     label = target.metric if not target.baseline_metric else f"{target.metric} / {target.baseline_metric}"
     result: dict[str, Any] = {"name": target.name, "metric": label, "baseline": values["baseline"],
                               "candidate": values["candidate"], "ids": {s: [r["test_id"] for r in rs] for s, rs in groups.items()},
-                              "devices": devices, "ratio": None, "passed": None, "reason": ""}
+                              "devices": devices, "placements": placements, "ratio": None, "passed": None, "reason": ""}
     if not values["baseline"] or not values["candidate"]:
         missing = [s for s in values if not values[s]]
         result["reason"] = f"no measured {' or '.join(missing)} experiment in these records"
@@ -146,9 +147,18 @@ def evaluate(target: Target, records: list[dict[str, Any]]) -> dict[str, Any]:
         result["peak_ratio"] = peak_ratio
         verdicts.append((peak_ratio <= target.also.get("max_peak_ratio", 1.0),
                          f"peak memory ratio {peak_ratio:.3f} (limit <= {target.also.get('max_peak_ratio', 1.0):g})"))
+    if len(placements) > 1 and not target.baseline_metric:  # said, not failed: the GPUs may be alike
+        verdicts.append((True, f"measured on {len(placements)} GPUs ({', '.join(placements)}), not side by side on one"))
     result["passed"] = all(ok for ok, _ in verdicts)
     result["reason"] = "; ".join(text for _, text in verdicts)
     return result
+
+
+def placement(record: dict[str, Any]) -> str:
+    """Where a record ran: host, and the GPU its worker pinned where there was one."""
+    host = (record.get("meta_info") or {}).get("host") or {}
+    gpu = host.get("cuda_visible_devices")
+    return f"{host.get('hostname') or '?'} GPU {gpu}" if gpu else (host.get("hostname") or "?")
 
 
 def side_by_side_groups(targets: list[Target], specs: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -137,8 +137,8 @@ class BenchSession:
         if self._store is None:
             if self.worker is not None or self.controller:
                 self._store, made = RunStore.join(self.run_dir)
-                if made:
-                    self.write_run_info(finished=None)
+                if made or self.controller:  # the controller opens it as the session starts: a resumed
+                    self.write_run_info(finished=None)  # session shows in run.json even if it is killed
                 return self._store
             self._store = self._open_run() if self.resume else RunStore.create(self.out, self.run_id)
             self.write_run_info(finished=None)

@@ -100,15 +100,44 @@ def param_id(nodeid: str) -> str | None:
 
 class SideBySideScheduling(LoadScopeScheduling):
     """xdist's scope scheduling with lora-bench's groups as scopes: whole groups go to one worker,
-    the costliest first (the workers' collection order). A test outside every group is its own scope."""
+    the costliest first (the workers' collection order). A test outside every group is its own scope.
 
-    def __init__(self, config: pytest.Config, log: Any, groups: dict[str, str]):
+    A resumed run reuses the records of experiments already measured: a group some of whose records
+    a worker (that is, a GPU) measured goes back to that worker when it asks for work. A worker is
+    never left idle for that: with no other group left it takes the group, and the target's verdict
+    then says that its sides ran on two GPUs."""
+
+    def __init__(self, config: pytest.Config, log: Any, groups: dict[str, str], affinity: dict[str, str]):
         super().__init__(config, log)
         self.groups = groups
+        self.affinity = {self._scope_of_group(g): worker for g, worker in affinity.items()}
+
+    @staticmethod
+    def _scope_of_group(group: str) -> str:
+        return f"lora-bench-group:{group}"
 
     def _split_scope(self, nodeid: str) -> str:
         test_id = param_id(nodeid)
-        return f"lora-bench-group:{self.groups[test_id]}" if test_id in self.groups else nodeid
+        return self._scope_of_group(self.groups[test_id]) if test_id in self.groups else nodeid
+
+    def _assign_work_unit(self, node: Any) -> None:
+        worker = node.gateway.id
+        for scope in self.workqueue:
+            if self.affinity.get(scope, worker) == worker:
+                self.workqueue.move_to_end(scope, last=False)
+                break
+        super()._assign_work_unit(node)
+
+
+def group_affinity(records: list[dict[str, Any]], groups: dict[str, str]) -> dict[str, str]:
+    """Each group -> the xdist worker that measured its stored records (the first one found)."""
+    affinity: dict[str, str] = {}
+    for record in records:
+        worker = ((record.get("meta_info") or {}).get("host") or {}).get("worker")
+        group = groups.get(record.get("test_id", ""))
+        if record.get("status") == "ok" and worker and group:
+            affinity.setdefault(group, worker)
+    return affinity
 
 
 class Controller:
@@ -129,9 +158,11 @@ class Controller:
         if config.getvalue("dist") != "loadgroup":
             return None
         try:
-            return SideBySideScheduling(config, log, self.session.side_by_side)
+            groups = self.session.side_by_side
         except pytest.UsageError:
             return None  # the workers report the broken grid
+        stored = self.session.store.records() if self.session.resume else []
+        return SideBySideScheduling(config, log, groups, group_affinity(stored, groups))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -141,6 +172,7 @@ class Controller:
         if self.announced or not test_ids:
             return
         self.announced = True
+        self.session.store  # opens the run folder and records this session in run.json
         try:
             by_id = dict(zip(self.session.grid.ids, self.session.grid.specs))
         except pytest.UsageError:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +19,7 @@ from lora_bench import workers
 from lora_bench.grid import load_grid
 from lora_bench.provenance import WORKER_ENV
 
-from .conftest import bench, records, run
+from .conftest import ROOT, bench, records, run
 
 
 @pytest.mark.parametrize(("worker", "visible", "count", "device"), [
@@ -106,15 +109,18 @@ def test_verify_under_xdist_checks_the_whole_run_once(tmp_path, head_grid):
     assert verdict["ok"] and not verdict["failures"] and verdict["compared"] == 4
 
 
+PAIRED = textwrap.dedent("""
+    targets:
+      - {name: ten vs five examples, metric: resources.train_seconds, where: {seed: 0},
+         baseline: {n: 5}, candidate: {n: 10}, max_ratio: 1000}
+    """)
+
+
 def test_loadgroup_keeps_a_targets_two_sides_on_one_worker(tmp_path, head_grid):
     """A ratio is measured side by side on one GPU: with `--dist loadgroup` the experiments a target
     compares run on one worker; the others still spread."""
     grid = tmp_path / "paired.yaml"
-    grid.write_text(head_grid.read_text() + textwrap.dedent("""
-        targets:
-          - {name: ten vs five examples, metric: resources.train_seconds, where: {seed: 0},
-             baseline: {n: 5}, candidate: {n: 10}, max_ratio: 1000}
-        """))
+    grid.write_text(head_grid.read_text() + PAIRED)
     out = tmp_path / "reports"
     result = run(bench(grid, out, "-n", "2", "--dist", "loadgroup"))
     assert result.returncode == 0, result.stdout[-3000:]
@@ -124,3 +130,39 @@ def test_loadgroup_keeps_a_targets_two_sides_on_one_worker(tmp_path, head_grid):
     assert len(paired) == 1, paired
     assert {r["meta_info"]["host"]["worker"] for r in found} == {"gw0", "gw1"}
     assert "5 passed" in result.stdout  # four experiments and the target
+
+
+def test_a_resumed_loadgroup_run_sends_a_group_back_to_the_worker_that_began_it(tmp_path, head_grid):
+    grid = tmp_path / "paired.yaml"
+    grid.write_text(head_grid.read_text() + PAIRED)
+    out = tmp_path / "reports"
+    first = run(bench(grid, out, "--lb-run-id", "r", "-n", "2", "--dist", "loadgroup", "-k", "n10-s1 or n5-s0"))
+    assert first.returncode == 0, first.stdout[-3000:]
+    began = {r["test_id"]: r["meta_info"]["host"]["worker"] for r in records(out)}
+    again = run(bench(grid, out, "--lb-resume", "r", "-n", "2", "--dist", "loadgroup"))
+    assert again.returncode == 0, again.stdout[-3000:]
+    ran = {r["test_id"]: r["meta_info"]["host"]["worker"] for r in records(out)}
+    (n5,) = [t for t in ran if t.endswith("n5-s0")]
+    (n10,) = [t for t in ran if t.endswith("n10-s0")]
+    assert ran[n10] == began[n5], (began, ran)
+
+
+def test_a_resumed_session_under_xdist_is_in_run_json_from_its_start(tmp_path, head_grid):
+    """A resumed session that is killed before it finishes still shows in run.json's sessions."""
+    out = tmp_path / "reports"
+    first = run(bench(head_grid, out, "--lb-run-id", "r", "-n", "2", "-k", "s0"))
+    assert first.returncode == 0, first.stdout[-3000:]
+    hang = tmp_path / "hang_first_test.py"
+    hang.write_text("import time\n\ndef pytest_runtest_call(item):\n    time.sleep(600)\n")
+    cmd = bench(head_grid, out, "--lb-resume", "r", "-n", "2", "-p", "hang_first_test")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    run_json = out / "r" / "run.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(json.loads(run_json.read_text())["sessions"]) < 2:
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sessions = json.loads(run_json.read_text())["sessions"]
+    assert len(sessions) == 2 and sessions[1]["resumed"] and "finished" not in sessions[1], sessions
