@@ -53,5 +53,9 @@ def compile_model(model: nn.Module, mode: str) -> Callable[[], None]:
 
 def padded_length(ids: list[list[int]], max_length: int) -> int:
     """The batch's longest text rounded up to a bucket, so CUDA graphs are reused across batches."""
-    longest = max(len(x) for x in ids)
-    return min(max_length, -(-longest // BUCKET) * BUCKET)
+    return bucketed(max(len(x) for x in ids), max_length)
+
+
+def bucketed(length: int, max_length: int) -> int:
+    """`length` tokens rounded up to a bucket of BUCKET, at most `max_length`."""
+    return min(max_length, -(-length // BUCKET) * BUCKET)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from . import data, determinism, flops, memory_fit
-from .compiling import mode_of, padded_length, uses_graphs
+from .compiling import bucketed, mode_of, uses_graphs
 from .evaluate import evaluate, run_batched
 from .latency import measure_latencies, measure_latency
 from .methods import method_module
@@ -157,7 +157,7 @@ def run(spec: ExperimentSpec, adapter_dir: Path, progress: Progress) -> dict[str
     longest = max(len(x) for x in encode(tokenizer, train_examples, spec.max_length))
     seq_len = spec.max_length if pad_to or spec.recipe == "naive" else longest
     if uses_graphs(mode_of(spec)):   # graphs pad to a length bucket
-        seq_len = padded_length([[0] * seq_len], spec.max_length)
+        seq_len = bucketed(seq_len, spec.max_length)
     fitted = memory_fit.fit(spec, len(task.labels), seq_len, device, progress)  # may skip: predicted too large
     spec = fitted.spec
     progress(f"loading {spec.model} ({spec.bits}-bit) on {device.type}")
