@@ -262,3 +262,15 @@ def test_no_base_copy_for_quantized_or_oversized_bases(monkeypatch):
     assert runner.base_copy(model, plain, torch.device("cpu")).startswith("on a CPU")
     monkeypatch.setattr(runner, "BASE_COPY_LIMIT", 1024)
     assert runner.base_copy(model, plain, gpu).startswith("base of 0.0 GiB: above")
+
+
+def test_classification_in_cuda_graphs_prices_its_length_bucket(tiny_bert, csv_task):
+    """Graph steps pad every batch to a 32-token bucket: the estimate prices that length (eager on CPU)."""
+    from lora_bench.compiling import BUCKET
+
+    spec = resolve({"model": str(tiny_bert), "task": str(csv_task), "method": "lora", "n": 8, "epochs": 1,
+                    "batch_size": 4, "max_length": 64, "compile": "graphs", "latency_rounds": 2})
+    result = run(spec, Path(tempfile.mkdtemp()), lambda m: None)
+    priced = result["memory_estimate"]["prediction"]["seq_len"]
+    assert priced == BUCKET or priced == 64, priced
+    assert result["training"]["recipe"]["cuda_graphs"]["eager_reason"]
