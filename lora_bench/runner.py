@@ -89,6 +89,16 @@ def base_copy(model: torch.nn.Module, spec: ExperimentSpec, device: torch.device
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def merge_adapter(model: torch.nn.Module) -> torch.nn.Module | str:
+    """The model with its adapter merged into the base (peft's merge_and_unload), or why not."""
+    if not hasattr(model, "merge_and_unload"):
+        return "no adapter to merge"
+    try:
+        return model.merge_and_unload()
+    except Exception as exc:  # peft refuses some combinations (e.g. DoRA over 8-bit)
+        return f"{type(exc).__name__}: {exc}"
+
+
 def merged_inference(model: torch.nn.Module, spec: ExperimentSpec, loaded: LoadedModel, task: data.TaskData,
                      device: torch.device, unmerged_logits: torch.Tensor,
                      base_state: dict[str, torch.Tensor] | str) -> dict[str, Any]:
@@ -97,12 +107,9 @@ def merged_inference(model: torch.nn.Module, spec: ExperimentSpec, loaded: Loade
     the logit difference against the unmerged model says how lossy. With `base_state` (`base_copy`)
     the base is rebuilt and timed in alternation with the merged model: the latency ratio then holds
     no drift between a measurement before training and one after."""
-    if not hasattr(model, "merge_and_unload"):
-        return {"offered": False, "why": "no adapter to merge"}
-    try:
-        merged = model.merge_and_unload()
-    except Exception as exc:  # peft refuses some combinations (e.g. DoRA over 8-bit)
-        return {"offered": False, "why": f"{type(exc).__name__}: {exc}"}
+    merged = merge_adapter(model)
+    if isinstance(merged, str):
+        return {"offered": False, "why": merged}
     pad_to = pad_target(spec)
     sample = task.test[:MERGE_CHECK_EXAMPLES]
     logits = run_batched(merged, loaded.tokenizer, sample, spec.max_length, device, pad_to)

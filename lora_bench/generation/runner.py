@@ -18,7 +18,7 @@ import torch
 from ..quantization import frozen_weight_bytes, logical_parameters
 from ..resources import parameter_counts, peak_memory, reset_peak
 from .. import determinism
-from ..runner import dir_bytes, pick_device, weight_dtype
+from ..runner import dir_bytes, merge_adapter, pick_device, weight_dtype
 from ..schema import ADAPTER_METHODS, ExperimentSpec
 from ..targets import resolve_targets
 from ..train import autocast_for
@@ -94,12 +94,9 @@ def next_token_logits(model: torch.nn.Module, formatter: Formatter, gen: gen_dat
 
 def merged_speed(model: torch.nn.Module, spec: ExperimentSpec, formatter: Formatter, gen: gen_data.GenData,
                  device: torch.device, unmerged_logits: torch.Tensor, new_tokens: int) -> dict[str, Any]:
-    if not hasattr(model, "merge_and_unload"):
-        return {"offered": False, "why": "not an adapter method"}
-    try:
-        merged = model.merge_and_unload()
-    except Exception as exc:  # peft refuses some combinations (e.g. DoRA over 8-bit)
-        return {"offered": False, "why": f"{type(exc).__name__}: {exc}"}
+    merged = merge_adapter(model)
+    if isinstance(merged, str):
+        return {"offered": False, "why": merged}
     logits = next_token_logits(merged, formatter, gen, device)
     return {
         "offered": True,
