@@ -120,9 +120,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         session.shard_note = (f"lora-bench shard {index}/{count}: {len(mine)} of {len(experiments)} experiments, "
                               f"{sum(cost[t] for t in mine) / (sum(costs) or 1):.0%} of the predicted cost ({source})")
     if session.worker is not None:  # costliest group first: xdist hands tests out in collection order
-        group_cost: dict[str, float] = {}
-        for test_id, c in cost.items():
-            group_cost[group[test_id]] = group_cost.get(group[test_id], 0.0) + c
+        group_cost = shard.group_costs(cost, group)
         items.sort(key=lambda item: (-group_cost[group[item.callspec.id]], group[item.callspec.id],
                                      -cost[item.callspec.id]) if _spec(item) is not None else (0.0, "", 0.0))
 

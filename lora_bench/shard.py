@@ -103,10 +103,11 @@ def split(cost_by_id: dict[str, float], count: int, groups: dict[str, str] | Non
     """Greedy longest-processing-time over groups (`groups` maps a test id to its group; by default
     each experiment is its own): the test ids of each of `count` shards, costliest first. A group
     stays whole, so that the two sides of a grid's ratio target run on one host."""
+    groups = groups or {t: t for t in cost_by_id}
     members: dict[str, list[str]] = {}
     for test_id in cost_by_id:
-        members.setdefault((groups or {}).get(test_id, test_id), []).append(test_id)
-    unit_cost = {unit: sum(cost_by_id[t] for t in ids) for unit, ids in members.items()}
+        members.setdefault(groups[test_id], []).append(test_id)
+    unit_cost = group_costs(cost_by_id, groups)
     shards: list[list[str]] = [[] for _ in range(count)]
     loads = [0.0] * count
     for unit in sorted(unit_cost, key=lambda u: (-unit_cost[u], u)):
@@ -114,3 +115,11 @@ def split(cost_by_id: dict[str, float], count: int, groups: dict[str, str] | Non
         shards[target].extend(members[unit])
         loads[target] += unit_cost[unit]
     return [sorted(ids, key=lambda t: (-cost_by_id[t], t)) for ids in shards]
+
+
+def group_costs(cost_by_id: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
+    """Each group's cost: the sum of its experiments'."""
+    total: dict[str, float] = {}
+    for test_id, cost in cost_by_id.items():
+        total[groups[test_id]] = total.get(groups[test_id], 0.0) + cost
+    return total
