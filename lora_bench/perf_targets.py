@@ -147,6 +147,11 @@ def evaluate(target: Target, records: list[dict[str, Any]]) -> dict[str, Any]:
         result["peak_ratio"] = peak_ratio
         verdicts.append((peak_ratio <= target.also.get("max_peak_ratio", 1.0),
                          f"peak memory ratio {peak_ratio:.3f} (limit <= {target.also.get('max_peak_ratio', 1.0):g})"))
+    warmups = [r["run_info"].get("warmup") for rs in groups.values() for r in rs]
+    if any(warmups):  # said, not judged: whether first-use costs were left out of the times compared
+        ran = [w for w in warmups if w and not w["shared"]]
+        verdicts.append((True, f"{sum(map(bool, warmups))} of {len(warmups)} runs after an untimed warm-up "
+                               f"({len(ran)} warm-ups, {sum(w['seconds'] for w in ran):.1f} s)"))
     if len(placements) > 1 and not target.baseline_metric:  # said, not failed: the GPUs may be alike
         verdicts.append((True, f"measured on {len(placements)} GPUs ({', '.join(placements)}), not side by side on one"))
     result["passed"] = all(ok for ok, _ in verdicts)

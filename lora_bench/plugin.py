@@ -30,6 +30,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="continue a run (default: the latest), reusing every record whose key matches")
     group.addoption("--lb-rerun", dest="lb_rerun", action="store_true",
                     help="run every experiment again, even where a stored record matches")
+    group.addoption("--lb-no-warmup", dest="lb_warmup", action="store_false",
+                    help="skip the untimed warm-up run before experiments whose whole-run time a target compares "
+                         "(lora_bench.warmup)")
     group.addoption("--lb-budget", dest="lb_budget", action="append", default=[], metavar="NAME=VALUE",
                     help="override a budget for every experiment, e.g. --lb-budget max_peak_gib=4")
     group.addoption("--lb-shard", dest="lb_shard", default=None, metavar="i/N",

@@ -19,7 +19,7 @@ import pytest
 
 from . import budgets as budget_rules
 from . import record as rec
-from . import workers
+from . import warmup, workers
 from .grid import Grid, GridError, load_grid
 from .isolate import run_isolated
 from .provenance import device_class, git_info, host_info, source_hash, versions
@@ -100,6 +100,17 @@ class BenchSession:
         from .perf_targets import side_by_side_groups
 
         return side_by_side_groups(self.grid.targets, {tid: spec.to_dict() for tid, spec in zip(self.grid.ids, self.grid.specs)})
+
+    @functools.cached_property
+    def warmed(self) -> set[str]:
+        """The grid's test ids that get an untimed warm-up run first (none under --lb-no-warmup)."""
+        if not self.config.getoption("lb_warmup"):
+            return set()
+        return warmup.warmed_ids(self.grid.targets, {tid: spec.to_dict() for tid, spec in zip(self.grid.ids, self.grid.specs)})
+
+    @functools.cached_property
+    def warmups(self) -> warmup.Warmups:
+        return warmup.Warmups(self.store.run_id, self.say)
 
     def spec_with_budgets(self, spec: ExperimentSpec) -> ExperimentSpec:
         if not self.budget_overrides:
@@ -209,6 +220,8 @@ class BenchSession:
                 self.say(f"{prefix}: reused from {store.run_id}")
                 return self._judge(stored, spec, write=False)
         record = rec.new_record(spec, test_id, store.run_id, key, data)
+        if test_id in self.warmed:
+            record["run_info"]["warmup"] = self.warmups.before(spec, prefix)
         start = time.perf_counter()
         self.say(f"{prefix}: starting")
         result = run_isolated(record, store.record_path(test_id, spec.spec_hash),
