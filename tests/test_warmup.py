@@ -10,7 +10,7 @@ from lora_bench.grid import load_grid
 from lora_bench.schema import ExperimentSpec
 from lora_bench.warmup import WARMUP_STEPS, warmed_ids, warmup_spec
 
-from .conftest import bench, records, run
+from .conftest import bench, records, run, write_grid
 
 
 def test_only_experiments_compared_by_whole_run_time_get_a_warmup():
@@ -63,3 +63,29 @@ def test_a_bench_session_warms_each_configuration_once_and_records_it(tmp_path, 
     assert cold.returncode == 0, cold.stdout[-3000:]
     assert "warm-up" not in cold.stdout
     assert not any("warmup" in r["run_info"] for r in records(out) if r["run_info"]["run_id"] == "cold")
+
+
+def test_warmups_run_both_recipes_for_a_few_steps(tmp_path, tiny_bert, csv_task):
+    """The Trainer-based naive recipe and lora-bench's own loop both stop at the warm-up's steps."""
+    grid = write_grid(tmp_path, f"""
+        name: tiny-e2e
+        axes:
+          model: {tiny_bert}
+          task: {csv_task}
+          method: lora
+          rank: 4
+          n: 10
+          batch_size: 2
+          latency_rounds: 2
+          recipe: [naive, lora-bench]
+        targets:
+          - {{name: end to end, metric: resources.pipeline_seconds, baseline: {{recipe: naive}},
+             candidate: {{recipe: lora-bench}}, max_ratio: 1000}}
+        """)
+    out = tmp_path / "reports"
+    result = run(bench(grid, out))
+    assert result.returncode == 0, result.stdout[-3000:]
+    found = records(out)
+    assert len(found) == 2 and all(r["status"] == "ok" and r["run_info"]["warmup"]["status"] == "ok" for r in found)
+    assert all(r["run_info"]["warmup"]["steps"] == WARMUP_STEPS for r in found)
+    assert all(r["train_info"]["training"]["optimizer_steps"] > WARMUP_STEPS for r in found)  # the timed run is whole
