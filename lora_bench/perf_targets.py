@@ -15,6 +15,10 @@ from typing import Any
 from .budgets import lookup
 from .schema import AXES, SpecError, check_value
 
+# what a whole-run time is measured in: the experiments a target compares by one get warm-ups
+# (lora_bench.warmup)
+WHOLE_RUN_TIMES = ("resources.pipeline_seconds", "resources.train_seconds", "resources.wall_seconds",
+                   "training.train_seconds")
 TARGET_KEYS = ("name", "metric", "baseline_metric", "where", "baseline", "candidate", "max_ratio", "min_ratio",
                "within_spread", "also")
 
@@ -148,7 +152,7 @@ def evaluate(target: Target, records: list[dict[str, Any]]) -> dict[str, Any]:
         verdicts.append((peak_ratio <= target.also.get("max_peak_ratio", 1.0),
                          f"peak memory ratio {peak_ratio:.3f} (limit <= {target.also.get('max_peak_ratio', 1.0):g})"))
     warmups = [r["run_info"].get("warmup") for rs in groups.values() for r in rs]
-    if any(warmups):  # said, not judged: whether first-use costs were left out of the times compared
+    if target.metric in WHOLE_RUN_TIMES and any(warmups):  # said, not judged: first use left out of the times
         ran = [w for w in warmups if w and not w["shared"]]
         verdicts.append((True, f"{sum(map(bool, warmups))} of {len(warmups)} runs after an untimed warm-up "
                                f"({len(ran)} warm-ups, {sum(w['seconds'] for w in ran):.1f} s)"))

@@ -18,12 +18,10 @@ from typing import Any, Callable
 
 from . import record as rec
 from .isolate import run_isolated
+from .perf_targets import WHOLE_RUN_TIMES
 from .schema import ExperimentSpec
 
 WARMUP_STEPS = 3   # cuda_graphs.WARMUP eager steps, then one captured: the graphed path runs too
-# what a whole-run time is measured in: a target comparing one of these gets warm-ups
-WHOLE_RUN_TIMES = ("resources.pipeline_seconds", "resources.train_seconds", "resources.wall_seconds",
-                   "training.train_seconds")
 
 
 def warmed_ids(targets: list[Any], specs: dict[str, dict[str, Any]]) -> set[str]:

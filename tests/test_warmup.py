@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
-from lora_bench import cuda_graphs
+from lora_bench import cuda_graphs, perf_targets
 from lora_bench.grid import load_grid
 from lora_bench.schema import ExperimentSpec
 from lora_bench.warmup import WARMUP_STEPS, warmed_ids, warmup_spec
@@ -89,3 +89,20 @@ def test_warmups_run_both_recipes_for_a_few_steps(tmp_path, tiny_bert, csv_task)
     assert len(found) == 2 and all(r["status"] == "ok" and r["run_info"]["warmup"]["status"] == "ok" for r in found)
     assert all(r["run_info"]["warmup"]["steps"] == WARMUP_STEPS for r in found)
     assert all(r["train_info"]["training"]["optimizer_steps"] > WARMUP_STEPS for r in found)  # the timed run is whole
+
+
+def test_a_verdict_names_warmups_only_where_it_compares_whole_run_times():
+    def timed(recipe: str, shared: bool) -> dict:
+        warm = {"spec_hash": recipe, "steps": 3, "status": "ok", "reason": None, "seconds": 5.0, "shared": shared}
+        return {"status": "ok", "test_id": recipe, "run_info": {"spec": {"recipe": recipe}, "warmup": warm},
+                "train_info": {"resources": {"pipeline_seconds": 10.0 if recipe == "naive" else 1.0},
+                               "training": {"step_ms_median": 2.0}}, "meta_info": {}}
+
+    records = [timed("naive", False), timed("lora-bench", False), timed("lora-bench", True)]
+    whole, steps = perf_targets.parse_targets([
+        {"name": "whole", "metric": "resources.pipeline_seconds", "baseline": {"recipe": "naive"},
+         "candidate": {"recipe": "lora-bench"}, "max_ratio": 0.5},
+        {"name": "steps", "metric": "training.step_ms_median", "baseline": {"recipe": "naive"},
+         "candidate": {"recipe": "lora-bench"}, "max_ratio": 2}])
+    assert "3 of 3 runs after an untimed warm-up (2 warm-ups, 10.0 s)" in perf_targets.evaluate(whole, records)["reason"]
+    assert "warm-up" not in perf_targets.evaluate(steps, records)["reason"]

@@ -78,12 +78,15 @@ def section_performance(ctx: Context) -> Any:
     missed = [v["name"] for v in verdicts if v["passed"] is False]
     parts = []
     if verdicts:
-        parts.append(f"{met} of {len(verdicts)} targets met" + (f"; missed: {', '.join(missed)}" if missed else ""))
+        unmeasured = sum(v["passed"] is None for v in verdicts)
+        parts.append(f"{met} of {len(verdicts)} targets met" + (f"; missed: {', '.join(missed)}" if missed else "")
+                     + (f"; {unmeasured} not measured in these runs" if unmeasured else ""))
     if estimates:
         within = sum(r[-1] == "yes" for r in estimates)
         parts.append(f"memory estimate within 10% of the measured GPU peak for {within} of {len(estimates)} experiments")
     finding = ("; ".join(parts) or "no performance targets or GPU memory measurements in these runs") + "."
     notes = ["Ratios compare means over seeds of experiments that differ only in what baseline and candidate name; "
-             "timings are steady-state medians (training.step_ms_median) or whole pipelines (train + evaluation)."]
+             "timings are steady-state medians (training.step_ms_median) or whole pipelines (train + evaluation), "
+             "each whole pipeline after an untimed warm-up of its configuration unless --lb-no-warmup."]
     return Section("performance", 8, "Performance", "How fast, how lean, and how well predicted", finding, "",
                    tables, [], notes, {"targets": verdicts, "estimates": len(estimates)})
