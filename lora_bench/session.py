@@ -145,6 +145,11 @@ class BenchSession:
 
     @property
     def store(self) -> RunStore:
+        return self.open_store()
+
+    def open_store(self) -> RunStore:
+        """The run folder, created, resumed or (under xdist) joined on first call, which also records
+        this session in run.json."""
         if self._store is None:
             if self.worker is not None or self.controller:
                 self._store, made = RunStore.join(self.run_dir)

@@ -172,7 +172,7 @@ class Controller:
         if self.announced or not test_ids:
             return
         self.announced = True
-        self.session.store  # opens the run folder and records this session in run.json
+        self.session.open_store()  # a resumed session is in run.json even if it is killed
         try:
             by_id = dict(zip(self.session.grid.ids, self.session.grid.specs))
         except pytest.UsageError:
