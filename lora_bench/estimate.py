@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .compiling import layer_stack, mode_of
+from .compiling import layer_stack, mode_of, uses_graphs
 from .schema import ExperimentSpec
 
 GIB = 2**30
@@ -281,7 +281,7 @@ def predict(model: nn.Module, spec: ExperimentSpec, step: Callable[[], Any], bat
             activations += (full.saved_bytes - trace.saved_bytes) / layers
             notes.append(f"gradient checkpointing: {layers} layer inputs kept (traced), one layer recomputed at a time")
     workspaces = CUDA_WORKSPACES
-    if spec.method != "head" and mode_of(spec) == "graphs":
+    if spec.method != "head" and uses_graphs(mode_of(spec)):
         workspaces += GRAPH_WORKSPACES
         notes.append("CUDA graphs: cuBLAS workspaces of the warm-up and capture streams")
     peak = weights + trainable + optimizer + max(activations + transient, grads) + workspaces

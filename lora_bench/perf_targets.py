@@ -40,6 +40,10 @@ class Target:
         wanted = {**self.where, **(self.baseline if side == "baseline" else self.candidate)}
         return all(_same(spec.get(k), v) for k, v in wanted.items())
 
+    def compares(self, spec: dict[str, Any]) -> bool:
+        """Whether the experiment is on either side of this target."""
+        return self.matches(spec, "baseline") or self.matches(spec, "candidate")
+
 
 def _same(have: Any, want: Any) -> bool:
     if isinstance(have, list):
@@ -186,8 +190,7 @@ def side_by_side_groups(targets: list[Target], specs: dict[str, dict[str, Any]])
     for target in targets:
         if target.baseline_metric is not None:
             continue
-        linked = sorted(t for t, spec in specs.items()
-                        if target.matches(spec, "baseline") or target.matches(spec, "candidate"))
+        linked = sorted(t for t, spec in specs.items() if target.compares(spec))
         for test_id in linked[1:]:
             a, b = sorted((root(linked[0]), root(test_id)))
             parent[b] = a

@@ -95,18 +95,23 @@ class BenchSession:
         return self._grid
 
     @functools.cached_property
+    def grid_specs(self) -> dict[str, dict[str, Any]]:
+        """Each of the grid's test ids -> its resolved spec as a dict, as targets match them."""
+        return {tid: spec.to_dict() for tid, spec in zip(self.grid.ids, self.grid.specs)}
+
+    @functools.cached_property
     def side_by_side(self) -> dict[str, str]:
         """Each of the grid's test ids -> its group of experiments that a ratio target compares."""
         from .perf_targets import side_by_side_groups
 
-        return side_by_side_groups(self.grid.targets, {tid: spec.to_dict() for tid, spec in zip(self.grid.ids, self.grid.specs)})
+        return side_by_side_groups(self.grid.targets, self.grid_specs)
 
     @functools.cached_property
     def warmed(self) -> set[str]:
         """The grid's test ids that get an untimed warm-up run first (none under --lb-no-warmup)."""
         if not self.config.getoption("lb_warmup"):
             return set()
-        return warmup.warmed_ids(self.grid.targets, {tid: spec.to_dict() for tid, spec in zip(self.grid.ids, self.grid.specs)})
+        return warmup.warmed_ids(self.grid.targets, self.grid_specs)
 
     @functools.cached_property
     def warmups(self) -> warmup.Warmups:
@@ -298,8 +303,7 @@ class BenchSession:
         xdist they may still be running on other workers: their records are awaited in the run folder."""
         from . import perf_targets
 
-        wanted = {tid: spec for tid, spec in self.selected.items()
-                  if target.matches(spec.to_dict(), "baseline") or target.matches(spec.to_dict(), "candidate")}
+        wanted = {tid: spec for tid, spec in self.selected.items() if target.compares(spec.to_dict())}
         paths = [self.store.record_path(tid, spec.spec_hash) for tid, spec in wanted.items()]
         deadline = time.monotonic() + sum(spec.timeout_s for spec in wanted.values()) + 60
         while self.worker is not None and not all(p.exists() for p in paths) and time.monotonic() < deadline:

@@ -27,9 +27,8 @@ WARMUP_STEPS = 3   # cuda_graphs.WARMUP eager steps, then one captured: the grap
 def warmed_ids(targets: list[Any], specs: dict[str, dict[str, Any]]) -> set[str]:
     """The test ids that a target compares by whole-run time (steady-state step times and latency
     leave their own warm-up steps and rounds out already)."""
-    return {test_id for target in targets if target.metric in WHOLE_RUN_TIMES
-            for test_id, spec in specs.items()
-            if target.matches(spec, "baseline") or target.matches(spec, "candidate")}
+    timed = [target for target in targets if target.metric in WHOLE_RUN_TIMES]
+    return {test_id for test_id, spec in specs.items() if any(target.compares(spec) for target in timed)}
 
 
 def warmup_spec(spec: ExperimentSpec) -> ExperimentSpec:
